@@ -1,0 +1,85 @@
+"""The ``spectral-ssl`` command.
+
+``spectral-ssl pretrain --config configs/quickstart.yaml [--section.key=value ...]`` is a
+LightningCLI: ``--help``, ``--print_config``, several ``--config`` files and dotted overrides
+(``--model.backbone.width=32``, ``--trainer.max_epochs=5``) all work, and an unknown key is an
+error naming it. Outputs go to ``<output_dir>/<run_name>/``: TensorBoard logs, ``config.yaml``
+and ``checkpoints/`` (``last.ckpt`` after every epoch). Running the same command again resumes
+from ``last.ckpt`` (``--resume=false`` starts over).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .evaluation import KNNMonitor
+from .methods import SSLMethod
+
+
+class PretrainCLI(LightningCLI):
+    """LightningCLI with a run folder, automatic resume and a kNN monitor."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
+        parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
+        parser.add_argument("--resume", type=bool, default=True,
+                            help="continue from <output_dir>/<run_name>/checkpoints/last.ckpt when it exists")
+        parser.add_lightning_class_args(KNNMonitor, "knn")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config_init["output_dir"]) / self.config_init["run_name"]
+
+    def instantiate_trainer(self, **kwargs):
+        if self.config_init["trainer"].get("logger") in (None, True):
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        return super().instantiate_trainer(**kwargs)
+
+
+def pretrain(args: list[str]) -> None:
+    """Self-supervised pretraining (see the module docstring)."""
+    cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                      seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                      parser_kwargs={"default_env": False, "prog": "spectral-ssl pretrain"},
+                      args=args, run=False)
+    last = cli.run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if cli.config_init["resume"] and last.exists():
+        ckpt_path = str(last)
+        print(f"Resuming from {last} (pass --resume=false to start over)", file=sys.stderr)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except FloatingPointError as error:
+        sys.exit(f"error: {error}")
+    monitor = next((c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor)), None)
+    if monitor is not None and cli.trainer.is_global_zero:
+        print(monitor.summary())
+
+
+COMMANDS = {"pretrain": pretrain}
+USAGE = """usage: spectral-ssl <command> [options]
+
+commands:
+  pretrain   self-supervised pretraining (spectral-ssl pretrain --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
+    command(argv[1:])
+

@@ -1,0 +1,69 @@
+"""The built-in dataset: scikit-learn's bundled handwritten digits (no download)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
+
+DIGITS_AUGMENTATION = Augmentation(size=16, scale=(0.4, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
+                                   jitter_p=0.8, grayscale_p=0.0)
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """scikit-learn's digits: 1797 real 8x8 grey images of 10 classes (UCI optdigits test set).
+
+    A fixed, stratified, seeded split holds out ``test_size`` images (360 by default). Images are
+    scaled from 0..16 to uint8, upsampled to ``image_size`` (bilinear) and repeated to 3 channels,
+    so every backbone sees ordinary RGB tensors. Training batches are ``num_views`` augmented views
+    of each image; :meth:`knn_dataloaders` gives the clean (un-augmented) train and test images.
+    """
+
+    def __init__(self, batch_size: int = 256, num_workers: int = 0, test_size: int = 360, image_size: int = 16,
+                 num_views: int = 2, augment: Augmentation = DIGITS_AUGMENTATION, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers, self.test_size = batch_size, num_workers, test_size
+        self.image_size, self.num_views, self.augment, self.seed = image_size, num_views, augment, seed
+        self.num_classes = 10
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_images"):
+            return
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
+        images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        images = images.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+        labels = torch.from_numpy(digits.target)
+        train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=self.test_size,
+                                               random_state=self.seed, stratify=labels.numpy())
+        self.train_images, self.train_labels = images[train_idx], labels[train_idx]
+        self.test_images, self.test_labels = images[test_idx], labels[test_idx]
+        pixels = self.train_images.float().div(255)
+        self.mean, self.std = [pixels.mean().item()] * 3, [pixels.std().item()] * 3
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (images.float().div(255) - mean) / std
+
+    def train_dataloader(self) -> DataLoader:
+        transform = MultiView([self.augment.build(self.mean, self.std)] * self.num_views)
+        dataset = TensorImageDataset(self.train_images, self.train_labels, transform)
+        trainer = self.trainer
+        sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
+                                     rank=trainer.global_rank if trainer else 0, shuffle=True, seed=self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
+        """Clean (normalised, un-augmented) train images for the bank and held-out test images."""
+        self.setup()
+        train = torch.utils.data.TensorDataset(self._normalize(self.train_images), self.train_labels)
+        test = torch.utils.data.TensorDataset(self._normalize(self.test_images), self.test_labels)
+        return DataLoader(train, batch_size=batch_size), DataLoader(test, batch_size=batch_size)

@@ -1,0 +1,103 @@
+"""Augmented views and their reproducible randomness.
+
+The stream of training views depends only on (seed, epoch, sample index): the sampler draws the
+shuffle order from (seed, epoch), and each sample's augmentation runs under its own RNG seed.
+A run resumed from an end-of-epoch checkpoint therefore sees exactly the data it would have seen,
+whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The SSL augmentation recipe (SimCLR / BYOL family) for one view, on uint8 image tensors.
+
+    RandomResizedCrop(size, scale, bicubic) -> flip (p ``flip_p``) -> ColorJitter(brightness,
+    contrast, saturation, hue) with p ``jitter_p`` -> grayscale (p ``grayscale_p``) -> Gaussian
+    blur (p ``blur_p``, sigma 0.1-2) -> solarize at 128 (p ``solarize_p``) -> float, Normalize.
+    """
+
+    size: int = 32
+    scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+    def build(self, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+        steps: list[Callable] = [
+            v2.RandomResizedCrop(self.size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC,
+                                 antialias=True),
+        ]
+        if self.flip_p > 0:
+            steps.append(v2.RandomHorizontalFlip(self.flip_p))
+        if self.jitter_p > 0:
+            steps.append(v2.RandomApply([v2.ColorJitter(*self.jitter)], p=self.jitter_p))
+        if self.grayscale_p > 0:
+            steps.append(v2.RandomGrayscale(self.grayscale_p))
+        if self.blur_p > 0:
+            kernel = 2 * (self.size // 20) + 1
+            steps.append(v2.RandomApply([v2.GaussianBlur(max(kernel, 3), sigma=(0.1, 2.0))], p=self.blur_p))
+        if self.solarize_p > 0:
+            steps.append(v2.RandomSolarize(128, p=self.solarize_p))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        return v2.Compose(steps)
+
+
+class MultiView:
+    """Applies each of several transforms to the same image: one view per transform."""
+
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Tensor) -> list[Tensor]:
+        return [t(image) for t in self.transforms]
+
+
+class TensorImageDataset(Dataset):
+    """Images held as one uint8 tensor (N, C, H, W) with integer labels, transformed on access.
+
+    Indexed by ``i`` or by ``(i, seed)``; with a seed the transform runs under that RNG seed
+    (see :class:`SeededEpochSampler`), without one under the global RNG.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.images[index], int(self.labels[index])
+        if self.transform is None:
+            return image, label
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class SeededEpochSampler(DistributedSampler):
+    """DistributedSampler yielding ``(index, seed)``: the order and each sample's augmentation
+    seed depend only on (``seed``, epoch, index). Lightning calls ``set_epoch`` every epoch and,
+    as this is a DistributedSampler, keeps it under DDP (each rank takes its own shard)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_000_007
+        for index in super().__iter__():
+            yield index, (base + index) % (2**63 - 1)

@@ -1,0 +1,87 @@
+"""The one LightningModule that owns pretraining; methods only turn views into a loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ..models import BackboneConfig, Projector
+from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
+
+
+def _config(cls, value):
+    """Accepts a config dataclass or the plain dict it was saved as in a checkpoint."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+class SSLMethod(L.LightningModule):
+    """Backbone + projector trained on V >= 2 augmented views of each image.
+
+    Owns the training step (views -> embeddings -> ``compute_loss`` -> logging, with a clear error
+    on a non-finite loss), the optimizer and its warm-up + cosine schedule, and checkpointable
+    hyperparameters (saved as plain values, so checkpoints load with ``weights_only=True``).
+    A method subclasses this and implements :meth:`compute_loss` only.
+
+    ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
+    """
+
+    def __init__(self, backbone: BackboneConfig = BackboneConfig(), projector_dims: Sequence[int] = (2048, 2048, 2048),
+                 optimizer: OptimizerConfig = OptimizerConfig()) -> None:
+        super().__init__()
+        backbone, optimizer = _config(BackboneConfig, backbone), _config(OptimizerConfig, optimizer)
+        if len(projector_dims) < 1:
+            raise ValueError("projector_dims needs at least the embedding width")
+        self.save_hyperparameters()
+        self.hparams.update(backbone=dataclasses.asdict(backbone), optimizer=dataclasses.asdict(optimizer),
+                            projector_dims=list(projector_dims))
+        self.optimizer_config = optimizer
+        self.backbone = backbone.build()
+        self.projector = Projector(self.backbone.num_features, projector_dims[:-1], projector_dims[-1])
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features (what evaluation and export use)."""
+        return self.backbone(images)
+
+    def embed(self, views: Sequence[Tensor]) -> list[Tensor]:
+        """Projector outputs of each view (views may differ in resolution)."""
+        return [self.projector(self.backbone(v)) for v in views]
+
+    def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
+        """Returns {"loss": scalar, **parts to log}. The one thing a method defines."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        views, _ = batch
+        parts = self.compute_loss(views)
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the loss is {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch}); parts: { {k: float(v) for k, v in parts.items()} }. Nothing was saved "
+                "from this step on; the last checkpoint is intact. Lower the learning rate, check the input "
+                "data, or disable mixed precision, then run the same command to resume.")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{name}": value for name, value in parts.items() if name != "loss"})
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def global_batch_size(self) -> int:
+        trainer = self.trainer
+        per_device = getattr(trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            raise AttributeError("the datamodule must expose batch_size (per device) to scale the learning rate")
+        return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self):
+        config = self.optimizer_config
+        lr = config.lr * self.global_batch_size() / 256
+        optimizer = build_optimizer(self, config, lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
+        warmup = round(config.warmup_epochs * total / epochs) if epochs else 0
+        scheduler = warmup_cosine(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=config.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

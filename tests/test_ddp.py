@@ -1,0 +1,50 @@
+"""Real DDP: two CPU processes with the gloo backend against one process over the whole batch."""
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from spectral_ssl.losses import INTLLoss
+
+BATCH, DIM_IN, DIM_OUT = 32, 12, 48
+
+
+def make_model_and_views():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(DIM_IN, 24), nn.ReLU(), nn.Linear(24, DIM_OUT)).double()
+    views = [torch.randn(BATCH, DIM_IN, dtype=torch.float64) for _ in range(2)]
+    return model, views
+
+
+def _worker(rank, world, port, out_dir, loss_kwargs):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model, views = make_model_and_views()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    shard = BATCH // world
+    local = [v[rank * shard:(rank + 1) * shard] for v in views]
+    loss = INTLLoss(**loss_kwargs)([ddp(v) for v in local])["loss"]
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_intl_under_ddp_equals_one_process_over_the_global_batch(tmp_path):
+    for kwargs in ({}, {"axis": 1}):
+        mp.spawn(_worker, args=(2, free_port(), str(tmp_path), kwargs), nprocs=2, join=True)
+        model, views = make_model_and_views()
+        loss = INTLLoss(**kwargs)([model(v) for v in views])["loss"]
+        loss.backward()
+        for rank in range(2):
+            result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+            torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-10, atol=1e-10)
+            for got, expected in zip(result["grads"], [p.grad for p in model.parameters()]):
+                torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)

@@ -1,0 +1,30 @@
+"""kNN against scikit-learn and a hand-computed weighted case."""
+
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from spectral_ssl.evaluation import knn_accuracy, knn_predict
+
+
+def test_unweighted_matches_scikit_learn():
+    bank, labels = torch.randn(300, 16), torch.randint(0, 5, (300,))
+    queries = torch.randn(100, 16)
+    for k in (1, 5, 20):
+        sk = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(bank.numpy(), labels.numpy())
+        expected = torch.from_numpy(sk.predict(queries.numpy()))
+        assert torch.equal(knn_predict(bank, labels, queries, k=k, temperature=None), expected)
+        # chunking changes nothing
+        assert torch.equal(knn_predict(bank, labels, queries, k=k, temperature=None, chunk_size=7), expected)
+
+
+def test_weighted_vote_by_hand():
+    # Query along x. Neighbours: class 0 at cos 1.0, class 1 at cos 0.8 and 0.6; far one excluded (k=3).
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    query = torch.tensor([[2.0, 0.0]])
+    # T = 1: class 0 gets e^1 = 2.718, class 1 gets e^0.8 + e^0.6 = 4.048 -> class 1.
+    assert knn_predict(bank, labels, query, k=3, temperature=1.0).item() == 1
+    # T = 0.1: e^10 = 22026 vs e^8 + e^6 = 3384 -> class 0. Unweighted majority -> class 1.
+    assert knn_predict(bank, labels, query, k=3, temperature=0.1).item() == 0
+    assert knn_predict(bank, labels, query, k=3, temperature=None).item() == 1
+    assert knn_accuracy(bank, labels, query, torch.tensor([0]), k=3, temperature=0.1) == 1.0
