@@ -17,8 +17,8 @@ from spectral_ssl.methods import INTL
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--config", str(ROOT / "configs" / "quickstart.yaml"),
-    "--model.init_args.backbone.width=8", "--model.init_args.projector_dims=[64,64]",
-    "--data.init_args.batch_size=64", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+    "--model.backbone.width=8", "--model.projector_dims=[64,64]", "--data.batch_size=64",
+    "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
 ]
 
 
@@ -92,9 +92,16 @@ def test_help_print_config_and_wrong_key(tmp_path, capsys):
     assert "run_name: quickstart" in printed and "spectral_ssl.methods.INTL" in printed
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.init_args.backbone.widht=3"])
+        main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.backbone.widht=3"])
     assert exit_info.value.code != 0
     assert "widht" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "quickstart.yaml").read_text().replace("batch_size:", "batchsize:"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--config", str(bad)])
+    assert exit_info.value.code != 0
+    assert "Option 'batchsize' is not accepted" in capsys.readouterr().err
 
 
 def test_nan_loss_is_a_clear_error():

@@ -36,7 +36,8 @@ def device_name(device: torch.device) -> str:
 
 
 def time_ms(fn, min_run_time: float) -> float:
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def whitening_step(n: int, d: int, form: str, device: torch.device):
@@ -83,12 +84,14 @@ def run_iternorm(args) -> str:
         arch, batch, image, dim = "resnet50", 128, 224, 8192
     else:
         arch, batch, image, dim = "resnet18", 64, 32, 2048
-    reference = time_ms(model_step(arch, batch, image, dim, device, bf16=True), min_time)
+    bf16 = device.type == "cuda"  # CPUs without bf16 matrix units run it far slower than fp32
+    reference = time_ms(model_step(arch, batch, image, dim, device, bf16=bf16), min_time)
     rows = [
         f"IterNorm + trace loss, forward + backward, two views, T=4, feature whitening (axis=1); "
         f"{device_name(device)}, torch {torch.__version__}, {datetime.date.today()}",
         "",
-        f"Reference step: {arch} {'' if image > 64 else 'CIFAR-stem '}{image}px, 2 x {batch} images, bf16 autocast, "
+        f"Reference step: {arch} {'' if image > 64 else 'CIFAR-stem '}{image}px, 2 x {batch} images, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, "
         f"{dim}-d projector, INTL loss: **{reference:.1f} ms**",
         "",
         "| batch x dim | D x D form (ms) | N x N form (ms) | speed-up | share of step, D x D | share of step, N x N |",

@@ -32,26 +32,41 @@ class PretrainCLI(LightningCLI):
                             help="continue from <output_dir>/<run_name>/checkpoints/last.ckpt when it exists")
         parser.add_lightning_class_args(KNNMonitor, "knn")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "model": {"class_path": "spectral_ssl.methods.INTL"},
+            "data": {"class_path": "spectral_ssl.data.DigitsDataModule"},
+        })
 
     @property
     def run_dir(self) -> Path:
         return Path(self.config_init["output_dir"]) / self.config_init["run_name"]
 
+    @property
+    def checkpoint_callback(self) -> ModelCheckpoint:
+        return next(c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint))
+
     def instantiate_trainer(self, **kwargs):
         if self.config_init["trainer"].get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
         kwargs.setdefault("default_root_dir", str(self.run_dir))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+        if checkpoint.dirpath is None:
+            checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        return trainer
 
 
 def pretrain(args: list[str]) -> None:
     """Self-supervised pretraining (see the module docstring)."""
-    cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                      seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                      parser_kwargs={"default_env": False, "prog": "spectral-ssl pretrain"},
-                      args=args, run=False)
-    last = cli.run_dir / "checkpoints" / "last.ckpt"
+    argv, sys.argv = sys.argv, ["spectral-ssl pretrain", *args]  # LightningCLI reads sys.argv itself
+    try:
+        cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                          seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                          auto_configure_optimizers=False, run=False)
+    finally:
+        sys.argv = argv
+    last = Path(cli.checkpoint_callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
     ckpt_path = None
     if cli.config_init["resume"] and last.exists():
         ckpt_path = str(last)

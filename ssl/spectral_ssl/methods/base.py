@@ -61,7 +61,7 @@ class SSLMethod(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{type(self).__name__}: the loss is {loss.item()} at step {self.global_step} (epoch "
-                f"{self.current_epoch}); parts: { {k: float(v) for k, v in parts.items()} }. Nothing was saved "
+                f"{self.current_epoch}); parts: { {k: float(v.detach()) for k, v in parts.items()} }. Nothing was saved "
                 "from this step on; the last checkpoint is intact. Lower the learning rate, check the input "
                 "data, or disable mixed precision, then run the same command to resume.")
         self.log("train/loss", loss, prog_bar=True)

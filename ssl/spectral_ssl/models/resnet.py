@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 NormLayer = Callable[[int], nn.Module]
-ActLayer = Callable[[], nn.Module]
+ActLayer = Callable[[int], nn.Module]  # called with the channel count (PLN as activation needs it)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -25,21 +26,34 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """What the blocks share: the optional SkipInit gain and the zero-init target."""
+
+    def _init_skip(self, skip_init: bool) -> None:
+        # SkipInit (De & Smith, 2020): without normalization, scale the residual branch by a
+        # learnable scalar initialised at 0, so that the block starts as the identity.
+        self.skip_gain = nn.Parameter(torch.zeros(())) if skip_init else None
+
+    def _add(self, branch: Tensor, identity: Tensor) -> Tensor:
+        return (branch if self.skip_gain is None else branch * self.skip_gain) + identity
+
+
+class BasicBlock(_Residual):
     """Two 3x3 convolutions with a residual connection (He et al., 2016)."""
 
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer, act_layer: ActLayer) -> None:
+                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer, skip_init: bool = False) -> None:
         super().__init__()
         self.conv1 = conv3x3(cin, planes, stride)
         self.bn1 = norm_layer(planes)
-        self.act1 = act_layer()
+        self.act1 = act_layer(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
-        self.act2 = act_layer()
+        self.act2 = out_act_layer(planes)
         self.downsample = downsample
+        self._init_skip(skip_init)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -48,27 +62,28 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(out)) + identity)
+        return self.act2(self._add(self.bn2(self.conv2(out)), identity))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """1x1 - 3x3 (stride here, "ResNet v1.5" as torchvision) - 1x1 bottleneck block."""
 
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer, act_layer: ActLayer) -> None:
+                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer, skip_init: bool = False) -> None:
         super().__init__()
         self.conv1 = conv1x1(cin, planes)
         self.bn1 = norm_layer(planes)
-        self.act1 = act_layer()
+        self.act1 = act_layer(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn2 = norm_layer(planes)
-        self.act2 = act_layer()
+        self.act2 = act_layer(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
-        self.act3 = act_layer()
+        self.act3 = out_act_layer(planes * self.expansion)
         self.downsample = downsample
+        self._init_skip(skip_init)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -78,7 +93,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
-        return self.act3(self.bn3(self.conv3(out)) + identity)
+        return self.act3(self._add(self.bn3(self.conv3(out)), identity))
 
 
 class ResNet(nn.Module):
@@ -87,14 +102,19 @@ class ResNet(nn.Module):
     ``cifar_stem=True`` replaces the 7x7/2 convolution and max-pool with a 3x3/1 convolution and no
     pooling (for 32x32 and smaller inputs; without it CIFAR accuracy drops by about 10 points).
     ``width`` is the first stage's channel count (64 in the paper); stages use 1, 2, 4, 8 times it.
-    Activation modules are separate per position (unlike torchvision's shared ``relu``), so
-    per-channel activations are possible; they hold no parameters for the standard choices.
+    Activation modules are separate per position and built with their channel count (unlike
+    torchvision's one shared ``relu``), so per-channel activations such as PLN are possible;
+    ``out_act_layer`` is the one after each residual addition (default: ``act_layer``).
+    ``skip_init`` adds a zero-initialised gain on every residual branch (for ``norm="none"``).
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], *,
-                 norm_layer: NormLayer, act_layer: ActLayer, width: int = 64, cifar_stem: bool = False,
-                 zero_init_residual: bool = False, in_chans: int = 3) -> None:
+                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer | None = None,
+                 width: int = 64, cifar_stem: bool = False, zero_init_residual: bool = False,
+                 skip_init: bool = False, in_chans: int = 3) -> None:
         super().__init__()
+        block_kwargs = dict(norm_layer=norm_layer, act_layer=act_layer,
+                            out_act_layer=out_act_layer or act_layer, skip_init=skip_init)
         self.inplanes = width
         if cifar_stem:
             self.conv1 = conv3x3(in_chans, width)
@@ -103,10 +123,10 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.bn1 = norm_layer(width)
-        self.act1 = act_layer()
+        self.act1 = act_layer(width)
         stages = []
         for i, depth in enumerate(layers):
-            stages.append(self._make_stage(block, width * 2**i, depth, 1 if i == 0 else 2, norm_layer, act_layer))
+            stages.append(self._make_stage(block, width * 2**i, depth, 1 if i == 0 else 2, block_kwargs))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = width * 8 * block.expansion
@@ -119,15 +139,14 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)) and getattr(m.last_norm, "weight", None) is not None:
                     nn.init.zeros_(m.last_norm.weight)
 
-    def _make_stage(self, block, planes: int, depth: int, stride: int,
-                    norm_layer: NormLayer, act_layer: ActLayer) -> nn.Sequential:
+    def _make_stage(self, block, planes: int, depth: int, stride: int, block_kwargs: dict) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       norm_layer(planes * block.expansion))
-        blocks = [block(self.inplanes, planes, stride, downsample, norm_layer, act_layer)]
+                                       block_kwargs["norm_layer"](planes * block.expansion))
+        blocks = [block(self.inplanes, planes, stride, downsample, **block_kwargs)]
         self.inplanes = planes * block.expansion
-        blocks += [block(self.inplanes, planes, 1, None, norm_layer, act_layer) for _ in range(1, depth)]
+        blocks += [block(self.inplanes, planes, 1, None, **block_kwargs) for _ in range(1, depth)]
         return nn.Sequential(*blocks)
 
     def forward_features(self, x: Tensor) -> Tensor:

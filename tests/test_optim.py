@@ -1,0 +1,43 @@
+"""Optimizer groups and the warm-up + cosine schedule against their formulas."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from spectral_ssl.models import create_backbone
+from spectral_ssl.optim import OptimizerConfig, build_optimizer, parameter_groups, warmup_cosine
+
+
+def test_bias_and_norm_parameters_are_excluded_by_module_type():
+    model = nn.Sequential(create_backbone("resnet18", cifar_stem=True, width=8), nn.Linear(64, 10))
+    decay, no_decay = parameter_groups(model, 1e-4, exclude_bias_and_norm=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {id(p) for p in no_decay["params"]} == {id(p) for m in norms for p in m.parameters()} | {id(model[1].bias)}
+    assert all(p.ndim > 1 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    (everything,) = parameter_groups(model, 1e-4, exclude_bias_and_norm=False)
+    assert len(everything["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", "SGD"), ("lars", "Lars")])
+def test_build_optimizer(name, cls):
+    optimizer = build_optimizer(nn.Linear(4, 2), OptimizerConfig(name=name), lr=0.5)
+    assert type(optimizer).__name__ == cls and optimizer.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        build_optimizer(nn.Linear(4, 2), OptimizerConfig(name="adam"), lr=0.5)
+
+
+def test_warmup_then_cosine_to_min_ratio():
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    warmup, total, ratio = 5, 25, 0.001
+    scheduler = warmup_cosine(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [(t + 1) / warmup for t in range(warmup)]
+    expected += [ratio + (1 - ratio) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+                 for t in range(warmup, total)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
