@@ -57,8 +57,8 @@ class PretrainCLI(LightningCLI):
         return trainer
 
 
-def pretrain(args: list[str]) -> None:
-    """Self-supervised pretraining (see the module docstring)."""
+def pretrain(args: list[str]) -> PretrainCLI:
+    """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
     argv, sys.argv = sys.argv, ["spectral-ssl pretrain", *args]  # LightningCLI reads sys.argv itself
     try:
         cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
@@ -78,13 +78,23 @@ def pretrain(args: list[str]) -> None:
     monitor = next((c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor)), None)
     if monitor is not None and cli.trainer.is_global_zero:
         print(monitor.summary())
+    return cli
 
 
-COMMANDS = {"pretrain": pretrain}
+def export(args: list[str]) -> None:
+    """Export a pretrained backbone (see :mod:`spectral_ssl.export`)."""
+    from .export import main as export_main
+
+    export_main(args)
+
+
+COMMANDS = {"pretrain": pretrain, "export": export}
 USAGE = """usage: spectral-ssl <command> [options]
 
 commands:
   pretrain   self-supervised pretraining (spectral-ssl pretrain --help)
+  export     write a pretrained backbone as torchvision state_dict, safetensors, TorchScript, ONNX
+             (spectral-ssl export --help)
 """
 
 
@@ -97,4 +107,5 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
     command(argv[1:])
+    return None
 

@@ -1,7 +1,9 @@
-"""Evaluation of learned representations: kNN and feature extraction."""
+"""Evaluation of learned representations: kNN, the spectrum, feature extraction."""
 
 from .features import evaluating, extract_features
 from .knn import knn_accuracy, knn_predict
 from .monitor import KNNMonitor
+from .spectrum import covariance_spectrum, effective_rank
 
-__all__ = ["KNNMonitor", "evaluating", "extract_features", "knn_accuracy", "knn_predict"]
+__all__ = ["KNNMonitor", "evaluating", "extract_features", "knn_accuracy", "knn_predict",
+           "covariance_spectrum", "effective_rank"]

@@ -92,6 +92,9 @@ def create_backbone(name: str = "resnet18", *, norm: str = "bn", act: str = "rel
     paper's proposal, which needs ``norm="pln"``: PLN then replaces both the norm and the
     nonlinearity — every conv is followed by a PLN and nothing else, and the activation after
     each residual addition is a PLN too. (``norm="pln", act="relu"`` is PLN used as a norm.)
+    In this mode every tensor of the residual stream comes out of a PLN, whose groups sum to
+    zero: the features' covariance has rank at most C (1 - 1/k) by construction, a cap to report
+    beside any spectrum or effective-rank figure.
     """
     if isinstance(norm_options, dict):
         norm_options = NormOptions(**norm_options)
@@ -106,9 +109,10 @@ def create_backbone(name: str = "resnet18", *, norm: str = "bn", act: str = "rel
             raise ValueError(f"act='pln' (PLN as the activation) replaces the norm too: use norm='pln', not {norm!r}")
         act_fn = act_layer("identity")
     block, layers = ARCHITECTURES[name]
-    return ResNet(block, layers, norm_layer=norm_fn, act_layer=act_fn, out_act_layer=out_act_fn,
-                  width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
-                  skip_init=norm == "none")
+    model = ResNet(block, layers, norm_layer=norm_fn, act_layer=act_fn, out_act_layer=out_act_fn,
+                   width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+                   skip_init=norm == "none")
+    return model
 
 
 def _timm_backbone(model: str, norm: str, act: str, options: NormOptions) -> nn.Module:
@@ -120,7 +124,7 @@ def _timm_backbone(model: str, norm: str, act: str, options: NormOptions) -> nn.
     if act != "relu":
         if act == "pln":
             raise ValueError("act='pln' is available for the built-in ResNets only")
-        kwargs["act_layer"] = {"gelu": nn.GELU, "identity": nn.Identity}[act]
+        kwargs["act_layer"] = timm.layers.get_act_layer(act)  # timm's own, which accept inplace=
     try:
         return timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
     except TypeError as error:

@@ -1,0 +1,169 @@
+"""Export a pretrained backbone, and load it back, without unpickling anything.
+
+``spectral-ssl export CKPT --out DIR`` writes, from a pretraining checkpoint:
+
+- ``backbone.pth``: the backbone's state_dict alone. For ``norm="bn"`` with the ImageNet stem
+  and width 64 it loads with ``strict=True`` into ``torchvision.models.resnet{18,34,50}()`` once
+  that model's ``fc`` is replaced by ``nn.Identity()`` (the parameter names are torchvision's).
+- ``backbone.safetensors``: the same tensors, with the metadata below in the file's header.
+- ``backbone.json``: what :func:`load_backbone` needs to rebuild any variant (norm, act, width…).
+- ``backbone.torchscript.pt`` (traced) and ``backbone.onnx`` (checked against PyTorch with
+  onnxruntime when it is installed; skipped with a message when ``onnx`` is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .models import BackboneConfig, NormOptions
+
+FORMATS = ("torchvision", "safetensors", "torchscript", "onnx")
+METADATA_KEY = "spectral_ssl"
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with an error that names every mismatched key and shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: {tuple(state_dict[k].shape)} in file vs {tuple(own[k].shape)} in model"
+                    for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        def first(items):
+            return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
+
+        problems = [f"{name}: {first(items)}" for name, items in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+        raise ValueError(f"{source} does not fit a {type(model).__name__} built for it (another architecture, "
+                         f"norm or width?) — " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def read_pretraining_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """The backbone's tensors and metadata from a Lightning checkpoint (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint or "backbone" not in checkpoint.get("hyper_parameters", {}):
+        raise ValueError(f"{path} is not a spectral-ssl pretraining checkpoint (no state_dict with backbone hyperparameters)")
+    state = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
+    metadata = {"format": "spectral-ssl backbone", "version": 1, "backbone": checkpoint["hyper_parameters"]["backbone"],
+                "source": str(path), "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
+    return state, metadata
+
+
+def build_from_metadata(metadata: Mapping) -> nn.Module:
+    config = dict(metadata["backbone"])
+    try:
+        config["norm_options"] = NormOptions(**config.get("norm_options", {}))
+        return BackboneConfig(**config).build()
+    except TypeError as error:
+        raise ValueError(f"the backbone description {metadata['backbone']} does not match this version of "
+                         f"spectral-ssl ({error})") from error
+
+
+def load_backbone(path: str | Path) -> nn.Module:
+    """Rebuild an exported backbone from ``backbone.safetensors`` (metadata in its header) or from
+    ``backbone.pth`` + the ``backbone.json`` beside it, and load its weights. Nothing is unpickled."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        if METADATA_KEY not in header:
+            raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by spectral-ssl export")
+        metadata, state = json.loads(header[METADATA_KEY]), load_file(str(path))
+    else:
+        meta_path = path.with_name("backbone.json") if path.name == "backbone.pth" else path.with_suffix(".json")
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} (the metadata written beside {path.name} by spectral-ssl export) is missing")
+        metadata, state = json.loads(meta_path.read_text()), torch.load(path, map_location="cpu", weights_only=True)
+    model = build_from_metadata(metadata)
+    load_weights(model, state, source=str(path))
+    return model.eval()
+
+
+def export_backbone(checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None,
+                    log=print) -> dict[str, Path]:
+    """Writes the requested formats to ``out_dir``; returns {format: path} of those written."""
+    state, metadata = read_pretraining_checkpoint(checkpoint)
+    model = build_from_metadata(metadata)
+    load_weights(model, state, source=str(checkpoint))
+    model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "backbone.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    size = image_size or (32 if metadata["backbone"].get("cifar_stem") else 224)
+    example = torch.randn(2, 3, size, size)
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        target = out / {"torchvision": "backbone.pth", "safetensors": "backbone.safetensors",
+                        "torchscript": "backbone.torchscript.pt", "onnx": "backbone.onnx"}[fmt]
+        if fmt == "torchvision":
+            torch.save({k: v.contiguous() for k, v in state.items()}, target)
+        elif fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, str(target),
+                      metadata={METADATA_KEY: json.dumps(metadata)})
+        elif fmt == "torchscript":
+            with torch.no_grad():
+                torch.jit.trace(model, example).save(str(target))
+        elif not _export_onnx(model, example, target, log):
+            continue
+        written[fmt] = target
+        log(f"wrote {target}")
+    return written
+
+
+def _export_onnx(model: nn.Module, example: Tensor, target: Path, log) -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        log("skipped ONNX: the onnx and onnxscript packages are not installed (pip install onnx onnxscript onnxruntime)")
+        return False
+    torch.onnx.export(model, (example,), str(target), dynamo=True, external_data=False,
+                      input_names=["images"], output_names=["features"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    try:
+        import onnxruntime
+    except ImportError:
+        log("ONNX written but not checked: onnxruntime is not installed")
+        return True
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
+    with torch.no_grad():
+        expected = model(example)
+    error = ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+    if error > 1e-4:
+        raise RuntimeError(f"ONNX output differs from PyTorch: relative error {error:g}")
+    log(f"ONNX output matches PyTorch (onnxruntime, relative error {error:.1e})")
+    return True
+
+
+def main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="spectral-ssl export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a pretraining checkpoint, e.g. checkpoints/quickstart/checkpoints/last.ckpt")
+    parser.add_argument("--out", help="output folder (default: <run folder>/export)")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--image_size", type=int, help="example input size for tracing (default 32 with the CIFAR stem, else 224)")
+    options = parser.parse_args(args)
+    out = options.out or Path(options.checkpoint).resolve().parent.parent / "export"
+    try:
+        export_backbone(options.checkpoint, out, options.formats, options.image_size)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

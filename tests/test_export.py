@@ -1,0 +1,85 @@
+"""Export round trips: files that plain torchvision, safetensors, TorchScript and ONNX load."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from spectral_ssl.cli import main
+from spectral_ssl.export import export_backbone, load_backbone, load_weights, read_pretraining_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pretrain_checkpoint(out: Path, *overrides: str) -> Path:
+    main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
+          "--run_name", "run", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+          "--trainer.enable_progress_bar=false", "--data.batch_size=32", "--model.projector_dims=[64,64]", *overrides])
+    return out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def resnet50_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("r50")
+    checkpoint = pretrain_checkpoint(out, "--model.backbone.name=resnet50", "--model.backbone.cifar_stem=false",
+                                     "--model.backbone.width=64")
+    files = export_backbone(checkpoint, out / "export", image_size=64, log=lambda *_: None)
+    state, _ = read_pretraining_checkpoint(checkpoint)
+    return files, state
+
+
+def test_bn_resnet50_loads_into_plain_torchvision(resnet50_export):
+    files, state = resnet50_export
+    reference = torchvision.models.resnet50()
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(torch.load(files["torchvision"], weights_only=True), strict=True)
+    reference.eval()
+    ours = load_backbone(files["safetensors"])
+    for key, value in state.items():
+        assert torch.equal(ours.state_dict()[key], value)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ours(x)
+        torch.testing.assert_close(reference(x), expected)
+        torch.testing.assert_close(torch.jit.load(files["torchscript"])(x), expected)
+
+
+def test_onnx_matches_pytorch(resnet50_export):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    files, _ = resnet50_export
+    model = load_backbone(files["torchvision"])
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 64)  # another batch size than the one traced
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        expected = model(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_non_bn_variant_rebuilds_from_metadata(tmp_path):
+    checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.norm=pln", "--model.backbone.act=pln",
+                                     "--model.backbone.width=8")
+    main(["export", str(checkpoint), "--out", str(tmp_path / "export"), "--formats", "torchvision", "safetensors"])
+    metadata = json.loads((tmp_path / "export" / "backbone.json").read_text())
+    assert metadata["backbone"]["norm"] == "pln" and metadata["backbone"]["act"] == "pln"
+    a, b = load_backbone(tmp_path / "export" / "backbone.pth"), load_backbone(tmp_path / "export" / "backbone.safetensors")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_mismatched_architecture_and_bad_files_are_named(resnet50_export, tmp_path):
+    files, state = resnet50_export
+    resnet18 = torchvision.models.resnet18()
+    resnet18.fc = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"unexpected keys: .*layer1\.0\.conv3\.weight.*shape mismatches"):
+        load_weights(resnet18, state, source="backbone.pth")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        read_pretraining_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a spectral-ssl pretraining checkpoint"):
+        read_pretraining_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["export", str(tmp_path / "missing.ckpt")])
