@@ -41,3 +41,10 @@ def test_warmup_then_cosine_to_min_ratio():
     expected += [ratio + (1 - ratio) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
                  for t in range(warmup, total)]
     assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_custom_norm_layers_count_as_norms_for_weight_decay():
+    model = create_backbone("resnet18", norm="pln", act="pln", cifar_stem=True, width=16)
+    _, no_decay = parameter_groups(model, 1e-4, exclude_bias_and_norm=True)
+    assert id(model.layer1[0].bn1.weight) in {id(p) for p in no_decay["params"]}
+    assert id(model.layer1[0].act2.weight) in {id(p) for p in no_decay["params"]}

@@ -1,4 +1,4 @@
-"""The ``spectral-ssl`` command.
+"""The ``spectral-ssl`` command: ``pretrain``, ``supervised`` and ``export``.
 
 ``spectral-ssl pretrain --config configs/quickstart.yaml [--section.key=value ...]`` is a
 LightningCLI: ``--help``, ``--print_config``, several ``--config`` files and dotted overrides
@@ -25,6 +25,10 @@ from .methods import SSLMethod
 class PretrainCLI(LightningCLI):
     """LightningCLI with a run folder, automatic resume and a kNN monitor."""
 
+    def __init__(self, *args, default_model: str = "spectral_ssl.methods.INTL", **kwargs) -> None:
+        self.default_model = default_model
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
@@ -34,7 +38,7 @@ class PretrainCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
-            "model": {"class_path": "spectral_ssl.methods.INTL"},
+            "model": {"class_path": self.default_model},
             "data": {"class_path": "spectral_ssl.data.DigitsDataModule"},
         })
 
@@ -57,13 +61,12 @@ class PretrainCLI(LightningCLI):
         return trainer
 
 
-def pretrain(args: list[str]) -> PretrainCLI:
-    """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
-    argv, sys.argv = sys.argv, ["spectral-ssl pretrain", *args]  # LightningCLI reads sys.argv itself
+def _fit(args: list[str], command: str, default_model: str) -> PretrainCLI:
+    argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
     try:
         cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                           seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                          auto_configure_optimizers=False, run=False)
+                          auto_configure_optimizers=False, run=False, default_model=default_model)
     finally:
         sys.argv = argv
     last = Path(cli.checkpoint_callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
@@ -75,9 +78,30 @@ def pretrain(args: list[str]) -> PretrainCLI:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
+    return cli
+
+
+def _print_knn(cli: PretrainCLI) -> None:
     monitor = next((c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor)), None)
     if monitor is not None and cli.trainer.is_global_zero:
         print(monitor.summary())
+
+
+def pretrain(args: list[str]) -> PretrainCLI:
+    """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
+    cli = _fit(args, "pretrain", "spectral_ssl.methods.INTL")
+    _print_knn(cli)
+    return cli
+
+
+def supervised(args: list[str]) -> PretrainCLI:
+    """The supervised reference run: the same options, a labelled classifier, top-1 on the held-out split."""
+    cli = _fit(args, "supervised", "spectral_ssl.methods.SupervisedClassifier")
+    _, test_loader = cli.datamodule.knn_dataloaders()
+    cli.test_top1 = cli.trainer.validate(cli.model, dataloaders=test_loader, verbose=False)[0]["val/top1"]
+    _print_knn(cli)
+    if cli.trainer.is_global_zero:
+        print(f"supervised top-1 on the held-out split: {100 * cli.test_top1:.2f}%")
     return cli
 
 
@@ -88,11 +112,12 @@ def export(args: list[str]) -> None:
     export_main(args)
 
 
-COMMANDS = {"pretrain": pretrain, "export": export}
+COMMANDS = {"pretrain": pretrain, "supervised": supervised, "export": export}
 USAGE = """usage: spectral-ssl <command> [options]
 
 commands:
   pretrain   self-supervised pretraining (spectral-ssl pretrain --help)
+  supervised the supervised reference run with the same options (spectral-ssl supervised --help)
   export     write a pretrained backbone as torchvision state_dict, safetensors, TorchScript, ONNX
              (spectral-ssl export --help)
 """

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+from .models.norms import is_norm
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            (no_decay if isinstance(module, NORM_TYPES) or name == "bias" else decay).append(param)
+            (no_decay if is_norm(module) or name == "bias" else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

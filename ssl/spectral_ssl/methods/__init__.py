@@ -2,5 +2,6 @@
 
 from .base import SSLMethod
 from .intl import INTL
+from .supervised import SupervisedClassifier
 
-__all__ = ["INTL", "SSLMethod"]
+__all__ = ["INTL", "SSLMethod", "SupervisedClassifier"]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..models import BackboneConfig, Projector
+from ..models.trainable import Trainable, set_trainable
 from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
 
 
@@ -27,10 +28,13 @@ class SSLMethod(L.LightningModule):
     A method subclasses this and implements :meth:`compute_loss` only.
 
     ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
+    ``trainable``: ``all``, ``norm_only`` (only the backbone's normalization parameters train; all
+    other weights stay at their seeded random initialization) or ``norm_and_head`` (those and the
+    projector); see :func:`spectral_ssl.models.trainable.set_trainable`.
     """
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), projector_dims: Sequence[int] = (2048, 2048, 2048),
-                 optimizer: OptimizerConfig = OptimizerConfig()) -> None:
+                 optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all") -> None:
         super().__init__()
         backbone, optimizer = _config(BackboneConfig, backbone), _config(OptimizerConfig, optimizer)
         if len(projector_dims) < 1:
@@ -41,6 +45,13 @@ class SSLMethod(L.LightningModule):
         self.optimizer_config = optimizer
         self.backbone = backbone.build()
         self.projector = Projector(self.backbone.num_features, projector_dims[:-1], projector_dims[-1])
+        self.trainable = trainable
+        self.num_trainable, self.num_parameters = set_trainable(self.backbone, [self.projector], trainable)
+
+    def on_fit_start(self) -> None:
+        self.print(f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train")
+        if self.logger is not None:
+            self.logger.log_metrics({"params/trainable": self.num_trainable, "params/total": self.num_parameters}, step=0)
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features (what evaluation and export use)."""
@@ -56,7 +67,10 @@ class SSLMethod(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, _ = batch
-        parts = self.compute_loss(views)
+        return self.log_parts(self.compute_loss(views))
+
+    def log_parts(self, parts: dict[str, Tensor]) -> Tensor:
+        """Logs the loss and its parts; a non-finite loss stops training with a clear error."""
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -16,6 +16,13 @@ from torch import Tensor, nn
 from ..spectral import _newton_schulz
 
 
+def is_norm(module: nn.Module) -> bool:
+    """True for every normalization layer: torch's BatchNorm/SyncBN/GroupNorm/LayerNorm/InstanceNorm
+    and this module's PLN, LN-G, LayerNorm2d and IterNorm (selected by type, not by tensor shape)."""
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+                               _ChannelAffine))
+
+
 class _ChannelAffine(nn.Module):
     """Per-channel gamma (1) and beta (0), applied along dim 1."""
 

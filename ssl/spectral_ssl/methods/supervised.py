@@ -1,0 +1,37 @@
+"""The supervised reference: the same backbone trained with labels."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models import BackboneConfig
+from ..models.trainable import Trainable
+from ..optim import OptimizerConfig
+from .base import SSLMethod
+
+
+class SupervisedClassifier(SSLMethod):
+    """Backbone + linear classifier trained with cross-entropy on one augmented view per image.
+
+    The classifier is the base class's projector reduced to one Linear layer (``num_classes``
+    outputs), so optimizer, schedule, checkpointing and ``trainable`` (e.g. ``norm_only``: train
+    the norm layers alone, ``norm_and_head``: and the classifier) work exactly as in pretraining.
+    ``validation_step`` reports top-1 on whatever loader it is given (the CLI gives the held-out split).
+    """
+
+    def __init__(self, num_classes: int = 10, backbone: BackboneConfig = BackboneConfig(),
+                 optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all") -> None:
+        super().__init__(backbone=backbone, projector_dims=[num_classes], optimizer=optimizer, trainable=trainable)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        views, labels = batch
+        images = views[0] if isinstance(views, (list, tuple)) else views
+        logits = self.projector(self.backbone(images))
+        self.log("train/top1", (logits.argmax(1) == labels).float().mean())
+        return self.log_parts({"loss": F.cross_entropy(logits, labels)})
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.projector(self.backbone(images))
+        self.log("val/top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
