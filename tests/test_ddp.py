@@ -2,14 +2,22 @@
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from spectral_ssl.losses import INTLLoss
+from spectral_ssl.losses import BarlowTwinsLoss, INTLLoss, NTXentLoss, VICRegLoss
 
 BATCH, DIM_IN, DIM_OUT = 32, 12, 48
+LOSSES = {
+    "intl": lambda: INTLLoss(),
+    "intl_feature_whitening": lambda: INTLLoss(axis=1),
+    "barlow_twins": lambda: BarlowTwinsLoss(),
+    "vicreg": lambda: VICRegLoss(),
+    "nt_xent": lambda: NTXentLoss(temperature=0.2),
+}
 
 
 def make_model_and_views():
@@ -19,15 +27,17 @@ def make_model_and_views():
     return model, views
 
 
-def _worker(rank, world, port, out_dir, loss_kwargs):
+def _worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    model, views = make_model_and_views()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    shard = BATCH // world
-    local = [v[rank * shard:(rank + 1) * shard] for v in views]
-    loss = INTLLoss(**loss_kwargs)([ddp(v) for v in local])["loss"]
-    loss.backward()
-    torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/rank{rank}.pt")
+    for name, make_loss in LOSSES.items():
+        model, views = make_model_and_views()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        shard = BATCH // world
+        local = [v[rank * shard:(rank + 1) * shard] for v in views]
+        loss = make_loss()([ddp(v) for v in local])["loss"]
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]},
+                   f"{out_dir}/{name}_rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -37,14 +47,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_intl_under_ddp_equals_one_process_over_the_global_batch(tmp_path):
-    for kwargs in ({}, {"axis": 1}):
-        mp.spawn(_worker, args=(2, free_port(), str(tmp_path), kwargs), nprocs=2, join=True)
-        model, views = make_model_and_views()
-        loss = INTLLoss(**kwargs)([model(v) for v in views])["loss"]
-        loss.backward()
-        for rank in range(2):
-            result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-            torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-10, atol=1e-10)
-            for got, expected in zip(result["grads"], [p.grad for p in model.parameters()]):
-                torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_under_ddp_equals_one_process_over_the_global_batch(ddp_results, name):
+    """Same loss and same parameter gradients (DDP averages them) as one process on all 32 images."""
+    model, views = make_model_and_views()
+    loss = LOSSES[name]()([model(v) for v in views])["loss"]
+    loss.backward()
+    for rank in range(2):
+        result = torch.load(ddp_results / f"{name}_rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-10, atol=1e-10)
+        for got, expected in zip(result["grads"], [p.grad for p in model.parameters()]):
+            torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)

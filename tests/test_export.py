@@ -83,3 +83,15 @@ def test_mismatched_architecture_and_bad_files_are_named(resnet50_export, tmp_pa
         read_pretraining_checkpoint(tmp_path / "other.ckpt")
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["export", str(tmp_path / "missing.ckpt")])
+
+
+def test_timm_backbone_exports_to_plain_timm(tmp_path):
+    import timm
+
+    checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.name=timm:resnet18")
+    files = export_backbone(checkpoint, tmp_path / "export", formats=["torchvision"], image_size=32, log=lambda *_: None)
+    reference = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    reference.load_state_dict(torch.load(files["torchvision"], weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), load_backbone(files["torchvision"])(x))

@@ -164,3 +164,68 @@ def test_auto_picks_the_smaller_gram_matrix(monkeypatch):
     iternorm(torch.randn(64, 8), axis=1)            # N x N would be 64 x 64
     iternorm(torch.randn(8, 64), axis=0)            # sample whitening: N x N is the smaller
     assert sizes == [(2, 8, 8), (1, 8, 8), (1, 8, 8)]
+
+
+# --- The spectral transformation family ---------------------------------------------------------
+
+from spectral_ssl.spectral import spectral_transform  # noqa: E402
+
+
+def zca_reference(z, power, eps, axis):
+    z = z.double()
+    if axis == 1:
+        zc = z - z.mean(0)
+        lam, u = torch.linalg.eigh(zc.T @ zc / (z.shape[0] - 1))
+        return zc @ u @ torch.diag((lam.clamp_min(0) + eps) ** power) @ u.T
+    xc = z - z.mean(1, keepdim=True)
+    lam, u = torch.linalg.eigh(xc @ xc.T / (z.shape[1] - 1))
+    return u @ torch.diag((lam.clamp_min(0) + eps) ** power) @ u.T @ xc
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40)])
+@pytest.mark.parametrize("power", [-0.5, 0.5, -0.25, 1.0])
+def test_spectral_transform_equals_the_eigendecomposition_of_the_stated_covariance(axis, shape, power):
+    z = well_conditioned(*shape)
+    expected = zca_reference(z, power, 1e-5, axis)
+    torch.testing.assert_close(spectral_transform(z, power, axis=axis), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_power_minus_half_is_zca_whitening():
+    z = well_conditioned(200, 16)
+    out = spectral_transform(z, -0.5, eps=0.0)
+    torch.testing.assert_close(torch.cov(out.T), torch.eye(16, dtype=torch.float64), atol=1e-9, rtol=0)
+    # ZCA: the whitening matrix is symmetric, so the output stays closest to the input
+    zc = z - z.mean(0)
+    w = torch.linalg.lstsq(zc, out).solution
+    torch.testing.assert_close(w, w.T, atol=1e-8, rtol=0)
+    torch.testing.assert_close(spectral_transform(z, 0.0, eps=0.0), zc)
+
+
+def test_eigh_and_newton_agree():
+    z = well_conditioned(64, 16)
+    exact = spectral_transform(z, -0.5, eps=0.0)
+    torch.testing.assert_close(spectral_transform(z, -0.5, method="newton", iters=10), exact, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="power=-0.5 only"):
+        spectral_transform(z, 0.5, method="newton")
+
+
+def test_spectral_transform_float32_under_autocast_and_gradients():
+    z = torch.randn(64, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = spectral_transform(z.bfloat16(), -0.5)
+    assert out.dtype == torch.float32
+    out.square().sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_spectral_transform_of_a_rank_deficient_batch_without_eps(axis):
+    z = rank_deficient(30, 20).requires_grad_(True)  # rank 10
+    out = spectral_transform(z, -0.5, eps=0.0, axis=axis)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(z.grad).all()
+    # whitened within its span: the non-zero eigenvalues of the output covariance are all 1
+    cov = out.T @ out / 29 if axis == 1 else out @ out.T / 19
+    eigenvalues = torch.linalg.eigvalsh(cov.detach())
+    torch.testing.assert_close(eigenvalues[eigenvalues > 1e-6], torch.ones(10 - (axis == 1), dtype=torch.float64))

@@ -32,7 +32,7 @@ def common(config: str, norm: str, mode: str, epochs: int, out: Path, prefix: st
 
 def run(norm: str, mode: str, epochs: int, out: Path) -> dict:
     cli = pretrain(common("quickstart.yaml", norm, mode, epochs, out, "intl"))
-    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor))
+    monitor = cli.callback(KNNMonitor)
     bank_loader, test_loader = cli.datamodule.knn_dataloaders()
     train_x, train_y = extract_features(cli.model.backbone, bank_loader)
     test_x, test_y = extract_features(cli.model.backbone, test_loader)

@@ -37,7 +37,7 @@ def run(entry: str, epochs: int, out: Path) -> dict:
     start = time.time()
     cli = pretrain(args)
     seconds = time.time() - start
-    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor))
+    monitor = cli.callback(KNNMonitor)
     _, test_loader = cli.datamodule.knn_dataloaders()
     model = cli.model
     features, _ = extract_features(model.backbone, test_loader)

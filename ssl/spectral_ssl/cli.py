@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lightning import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -22,7 +22,7 @@ from .evaluation import KNNMonitor
 from .methods import SSLMethod
 
 
-class PretrainCLI(LightningCLI):
+class TrainCLI(LightningCLI):
     """LightningCLI with a run folder, automatic resume and a kNN monitor."""
 
     def __init__(self, *args, default_model: str = "spectral_ssl.methods.INTL", **kwargs) -> None:
@@ -46,30 +46,29 @@ class PretrainCLI(LightningCLI):
     def run_dir(self) -> Path:
         return Path(self.config_init["output_dir"]) / self.config_init["run_name"]
 
-    @property
-    def checkpoint_callback(self) -> ModelCheckpoint:
-        return next(c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint))
+    def callback(self, kind: type[Callback]) -> Callback:
+        return next(c for c in self.trainer.callbacks if isinstance(c, kind))
 
     def instantiate_trainer(self, **kwargs):
         if self.config_init["trainer"].get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
         kwargs.setdefault("default_root_dir", str(self.run_dir))
-        trainer = super().instantiate_trainer(**kwargs)
-        checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+        self.trainer = super().instantiate_trainer(**kwargs)
+        checkpoint = self.callback(ModelCheckpoint)
         if checkpoint.dirpath is None:
             checkpoint.dirpath = str(self.run_dir / "checkpoints")
-        return trainer
+        return self.trainer
 
 
-def _fit(args: list[str], command: str, default_model: str) -> PretrainCLI:
+def _fit(args: list[str], command: str, default_model: str) -> TrainCLI:
     argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
     try:
-        cli = PretrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        cli = TrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                           seed_everything_default=0, save_config_kwargs={"overwrite": True},
                           auto_configure_optimizers=False, run=False, default_model=default_model)
     finally:
         sys.argv = argv
-    last = Path(cli.checkpoint_callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    last = Path(cli.callback(ModelCheckpoint).dirpath) / "last.ckpt"
     ckpt_path = None
     if cli.config_init["resume"] and last.exists():
         ckpt_path = str(last)
@@ -81,20 +80,19 @@ def _fit(args: list[str], command: str, default_model: str) -> PretrainCLI:
     return cli
 
 
-def _print_knn(cli: PretrainCLI) -> None:
-    monitor = next((c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor)), None)
-    if monitor is not None and cli.trainer.is_global_zero:
-        print(monitor.summary())
+def _print_knn(cli: TrainCLI) -> None:
+    if cli.trainer.is_global_zero:
+        print(cli.callback(KNNMonitor).summary())
 
 
-def pretrain(args: list[str]) -> PretrainCLI:
+def pretrain(args: list[str]) -> TrainCLI:
     """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
     cli = _fit(args, "pretrain", "spectral_ssl.methods.INTL")
     _print_knn(cli)
     return cli
 
 
-def supervised(args: list[str]) -> PretrainCLI:
+def supervised(args: list[str]) -> TrainCLI:
     """The supervised reference run: the same options, a labelled classifier, top-1 on the held-out split."""
     cli = _fit(args, "supervised", "spectral_ssl.methods.SupervisedClassifier")
     _, test_loader = cli.datamodule.knn_dataloaders()

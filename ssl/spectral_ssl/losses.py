@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributed import gather_with_grad
-from .spectral import Form, iternorm, trace_loss
+from .spectral import Form, _compute_dtype, iternorm, spectral_transform, trace_loss
 
 
 def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -39,47 +39,42 @@ def intl_trace_weight(batch_size: int, dim: int, axis: int = 0) -> float:
     return beta
 
 
-class INTLLoss(nn.Module):
-    """INTL: IterNorm whitening of each view + normalized MSE + trace loss (Weng et al., ICLR 2024).
-
-    With zhat_v = IterNorm(z_v) over the global batch (embeddings all-gathered across ranks,
-    gradients flowing back through the gather),
+class SpectralAlignmentLoss(nn.Module):
+    """The shape shared by INTL and the ST family: each view's embedding is transformed over the
+    global batch (all-gathered with gradients unless ``gather=False``), then
 
         L = 1/(V-1) * sum_{i=1}^{V-1} [ nmse(zhat_i, zhat_0) + beta * (TL(zhat_i) + TL(zhat_0)) ]
 
-    with nmse = 2 - 2 mean cos, TL the trace loss (:func:`spectral_ssl.spectral.trace_loss`) and
-    beta = 0.01 (log2 N - 3) unless ``trace_weight`` is given. Returns ``loss``, ``alignment``
-    (the mean nmse), ``trace`` (the mean TL term, so loss = alignment + beta * trace) and
-    ``trace_weight``. Whitening, trace loss and alignment run in float32 under autocast.
-
-    ``gather=False`` whitens each rank's local batch instead (per-GPU statistics).
+    with nmse = 2 - 2 mean cos and TL the trace loss (:func:`spectral_ssl.spectral.trace_loss`).
+    Returns ``loss``, ``alignment`` (the mean nmse), ``trace`` (the mean TL term, so
+    loss = alignment + beta * trace) and ``trace_weight``. Subclasses define :meth:`transform`.
     """
 
-    def __init__(
-        self,
-        iters: int = 4,
-        eps: float = 0.0,
-        axis: int = 0,
-        trace_weight: float | None = None,
-        gather: bool = True,
-        form: Form = "auto",
-    ) -> None:
+    def __init__(self, axis: int, trace_weight: float | None, gather: bool) -> None:
         super().__init__()
-        self.iters, self.eps, self.axis, self.form = iters, eps, axis, form
-        self.trace_weight, self.gather = trace_weight, gather
+        self.axis, self.trace_weight, self.gather = axis, trace_weight, gather
+
+    def transform(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def default_trace_weight(self, batch_size: int, dim: int) -> float:
+        raise NotImplementedError
 
     def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
         if len(embeddings) < 2:
-            raise ValueError(f"INTLLoss needs at least 2 views, got {len(embeddings)}")
+            raise ValueError(f"{type(self).__name__} needs at least 2 views, got {len(embeddings)}")
         if self.gather:
             embeddings = [gather_with_grad(z) for z in embeddings]
         n, d = embeddings[0].shape
-        beta = self.trace_weight if self.trace_weight is not None else intl_trace_weight(n, d, self.axis)
-        whitened = [iternorm(z, self.iters, self.eps, axis=self.axis, form=self.form) for z in embeddings]
-        traces = [trace_loss(w, axis=self.axis) for w in whitened]
-        pairs = len(whitened) - 1
-        alignment = sum(normalized_mse(whitened[i], whitened[0]) for i in range(1, len(whitened))) / pairs
-        trace = sum(traces[i] + traces[0] for i in range(1, len(whitened))) / pairs
+        beta = self.trace_weight if self.trace_weight is not None else self.default_trace_weight(n, d)
+        transformed = [self.transform(z) for z in embeddings]
+        pairs = len(transformed) - 1
+        alignment = sum(normalized_mse(transformed[i], transformed[0]) for i in range(1, len(transformed))) / pairs
+        if beta:
+            traces = [trace_loss(t, axis=self.axis) for t in transformed]
+            trace = sum(traces[i] + traces[0] for i in range(1, len(transformed))) / pairs
+        else:
+            trace = torch.zeros((), device=alignment.device)
         return {
             "loss": alignment + beta * trace,
             "alignment": alignment.detach(),
@@ -87,5 +82,143 @@ class INTLLoss(nn.Module):
             "trace_weight": torch.tensor(beta),
         }
 
+
+class INTLLoss(SpectralAlignmentLoss):
+    """INTL: IterNorm whitening of each view + normalized MSE + trace loss (Weng et al., ICLR 2024).
+
+    The transform is :func:`spectral_ssl.spectral.iternorm` (T = 4, eps = 0, sample whitening
+    ``axis=0`` by default, as the official code) and beta = 0.01 (log2 N - 3) with N the global
+    batch (axis=1: log2 D) unless ``trace_weight`` is given; see :class:`SpectralAlignmentLoss`.
+    Whitening, trace loss and alignment run in float32 under autocast. ``gather=False`` whitens
+    each rank's local batch instead (per-GPU statistics).
+    """
+
+    def __init__(self, iters: int = 4, eps: float = 0.0, axis: int = 0, trace_weight: float | None = None,
+                 gather: bool = True, form: Form = "auto") -> None:
+        super().__init__(axis, trace_weight, gather)
+        self.iters, self.eps, self.form = iters, eps, form
+
+    def transform(self, z: Tensor) -> Tensor:
+        return iternorm(z, self.iters, self.eps, axis=self.axis, form=self.form)
+
+    def default_trace_weight(self, batch_size: int, dim: int) -> float:
+        return intl_trace_weight(batch_size, dim, self.axis)
+
     def extra_repr(self) -> str:
         return f"iters={self.iters}, eps={self.eps}, axis={self.axis}, trace_weight={self.trace_weight}"
+
+
+class STLoss(SpectralAlignmentLoss):
+    """The spectral transformation family (Weng et al., ICLR 2024, Sec. 3): each view's embedding
+    through ST_p (:func:`spectral_ssl.spectral.spectral_transform`, the covariance's spectrum mapped
+    by lambda -> lambda^p; p = -1/2 is whitening), then normalized MSE between the views, plus
+    ``trace_weight`` x the trace loss (0 by default: the plain ST objective). Feature covariance
+    (``axis=1``) by default, as in the paper's equations.
+    """
+
+    def __init__(self, power: float = -0.5, method: str = "eigh", axis: int = 1, eps: float = 1e-5, iters: int = 4,
+                 trace_weight: float = 0.0, gather: bool = True) -> None:
+        super().__init__(axis, trace_weight, gather)
+        self.power, self.method, self.eps, self.iters = power, method, eps, iters
+
+    def transform(self, z: Tensor) -> Tensor:
+        return spectral_transform(z, self.power, method=self.method, axis=self.axis, eps=self.eps, iters=self.iters)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, method={self.method!r}, axis={self.axis}, trace_weight={self.trace_weight}"
+
+
+def _off_diagonal(matrix: Tensor) -> Tensor:
+    n = matrix.shape[0]
+    return matrix.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def _full_precision(*tensors: Tensor) -> list[Tensor]:
+    """float32 (float64 stays float64), for the statistics that half precision ruins."""
+    return [t.to(_compute_dtype(t)) for t in tensors]
+
+
+def _two_views(name: str, embeddings: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    if len(embeddings) != 2:
+        raise ValueError(f"{name} takes exactly 2 views, got {len(embeddings)}")
+    return embeddings[0], embeddings[1]
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins (Zbontar et al., ICML 2021):
+    L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2, C = Za^T Zb / N with each feature of Za, Zb
+    standardized over the global batch (biased variance, eps 1e-5: the official BatchNorm1d(affine=False)
+    under SyncBN); lambda = 0.0051. Embeddings are all-gathered with gradients; float32 under autocast.
+    """
+
+    def __init__(self, lambd: float = 0.0051, gather: bool = True) -> None:
+        super().__init__()
+        self.lambd, self.gather = lambd, gather
+
+    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
+        a, b = _two_views("BarlowTwinsLoss", embeddings)
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            if self.gather:
+                a, b = gather_with_grad(a), gather_with_grad(b)
+            a, b = _full_precision(a, b)
+            a = F.batch_norm(a, None, None, training=True, eps=1e-5)
+            b = F.batch_norm(b, None, None, training=True, eps=1e-5)
+            c = a.T @ b / a.shape[0]
+            on_diagonal = (torch.diagonal(c) - 1).square().sum()
+            off_diagonal = _off_diagonal(c).square().sum()
+        return {"loss": on_diagonal + self.lambd * off_diagonal, "on_diagonal": on_diagonal.detach(),
+                "off_diagonal": off_diagonal.detach()}
+
+
+class VICRegLoss(nn.Module):
+    """VICReg (Bardes et al., ICLR 2022): 25 * invariance + 25 * variance + 1 * covariance, with
+    invariance = MSE(Za, Zb), variance = mean_j relu(1 - sqrt(Var(z_j) + 1e-4)) averaged over the two
+    views, covariance = sum of squared off-diagonal covariances / D summed over the views (unbiased).
+    Embeddings are all-gathered with gradients (the official code gathers for variance and
+    covariance; the invariance term has the same value either way); float32 under autocast.
+    """
+
+    def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
+                 gather: bool = True) -> None:
+        super().__init__()
+        self.sim_coeff, self.std_coeff, self.cov_coeff, self.gather = sim_coeff, std_coeff, cov_coeff, gather
+
+    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
+        a, b = _two_views("VICRegLoss", embeddings)
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            if self.gather:
+                a, b = gather_with_grad(a), gather_with_grad(b)
+            a, b = _full_precision(a, b)
+            invariance = F.mse_loss(a, b)
+            n, d = a.shape
+            a, b = a - a.mean(0), b - b.mean(0)
+            variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / 2
+            covariance = sum(_off_diagonal(x.T @ x / (n - 1)).square().sum() / d for x in (a, b))
+        loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
+        return {"loss": loss, "invariance": invariance.detach(), "variance": variance.detach(),
+                "covariance": covariance.detach()}
+
+
+class NTXentLoss(nn.Module):
+    """NT-Xent, SimCLR's contrastive loss (Chen et al., ICML 2020): over the 2N L2-normalized
+    embeddings of the global batch (all-gathered with gradients, so every other image of every
+    rank is a negative), the cross-entropy of each sample's positive (its other view) against all
+    2N - 1 others, similarities divided by ``temperature``, averaged over the 2N samples.
+    """
+
+    def __init__(self, temperature: float = 0.1, gather: bool = True) -> None:
+        super().__init__()
+        self.temperature, self.gather = temperature, gather
+
+    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
+        a, b = _two_views("NTXentLoss", embeddings)
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            if self.gather:
+                a, b = gather_with_grad(a), gather_with_grad(b)
+            z = F.normalize(torch.cat(_full_precision(a, b)), dim=1)
+            n = a.shape[0]
+            logits = z @ z.T / self.temperature
+            logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+            targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+            loss = F.cross_entropy(logits, targets)
+        return {"loss": loss}

@@ -24,7 +24,7 @@ class OptimizerConfig:
     lr: float = 0.3
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    exclude_bias_and_norm: bool = False
+    exclude_bias_and_norm: bool = True
     warmup_epochs: float = 2.0
     min_lr_ratio: float = 0.001
 

@@ -3,6 +3,9 @@
 IterNorm whitening (Huang et al., CVPR 2019) as used by INTL ("Modulate Your Spectrum in
 Self-Supervised Learning", Weng et al., ICLR 2024) and the trace loss that goes with it.
 
+And the spectral transformation (ST) family of the same paper: the covariance's spectrum mapped
+through lambda -> lambda^p, of which whitening is p = -1/2.
+
 Everything here runs in float32 (float64 stays float64), also under bf16/fp16 autocast: the
 Newton–Schulz iteration and the trace normalisation lose all accuracy in half precision.
 """
@@ -135,3 +138,54 @@ def trace_loss(z_hat: Tensor, *, axis: int = 0) -> Tensor:
         centred = z_hat - z_hat.mean(dim=dim, keepdim=True)
         variance = centred.square().sum(dim=dim) / (z_hat.shape[dim] - 1)
         return (variance - 1.0).square().sum()
+
+
+def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh", "newton"] = "eigh",
+                       axis: int = 1, eps: float = 1e-5, iters: int = 4, dtype: torch.dtype | None = None) -> Tensor:
+    """Spectral transformation ST_p: the centred embedding with its covariance's spectrum mapped
+    through lambda -> lambda^p (Weng et al., ICLR 2024, Sec. 3): with Sigma = U diag(lambda) U^T,
+
+        axis=1 (features):  Zhat = Zc U diag((lambda + eps)^p) U^T,   Sigma = Zc^T Zc / (N - 1)  (D x D)
+        axis=0 (samples):   Zhat = U diag((lambda + eps)^p) U^T Xc,   Sigma = Xc Xc^T / (D - 1)  (N x N)
+
+    p = -1/2 is ZCA whitening, p = 0 only centres, p = 1/2 the covariance's square root.
+    ``method="eigh"``: exact, ``torch.linalg.eigh`` of the smaller Gram matrix (the function of
+    Zc Zc^T applied to Zc equals Zc times the same function of Zc^T Zc), in ``dtype`` (float64 by
+    default for accuracy; gradients through eigh grow large where eigenvalues nearly coincide, the
+    usual caveat of eigendecomposition-based whitening). ``eps`` (1e-5) is added to every
+    eigenvalue; for p < 0 it bounds the gain of near-null directions, and exactly null directions
+    (rank-deficient batches, where the data has no component) get 0, as a pseudo-inverse would. ``method="newton"`` exists
+    for p = -1/2 only: IterNorm with ``iters`` iterations, trace-normalized and without eps (see
+    :func:`iternorm`), which equals the eigh result in the limit of many iterations.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"spectral_transform expects a (batch, dim) tensor, got shape {tuple(z.shape)}")
+    if method == "newton":
+        if power != -0.5:
+            raise ValueError(f"the Newton (IterNorm) form exists for power=-0.5 only, got {power}; use method='eigh'")
+        return iternorm(z, iters, axis=axis)
+    if method != "eigh":
+        raise ValueError(f"method must be 'eigh' or 'newton', got {method!r}")
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (samples) or 1 (features), got {axis}")
+    out_dtype = _compute_dtype(z)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.to(dtype or torch.float64)
+        if axis == 0:
+            x, scale = z - z.mean(dim=1, keepdim=True), 1.0 / (z.shape[1] - 1)  # rows are samples
+        else:
+            x, scale = (z - z.mean(dim=0, keepdim=True)).T, 1.0 / (z.shape[0] - 1)  # rows are features
+        # f(c x x^T) x = x f(c x^T x) for f(l) = (l + eps)^p, with f(0) = eps^p on null directions
+        # of the larger side, which x (a rows x cols matrix) never reaches.
+        small_side_rows = x.shape[0] <= x.shape[1]
+        lam, vectors = torch.linalg.eigh(scale * (x @ x.T if small_side_rows else x.T @ x))
+        factor = (lam.clamp_min(0) + eps).pow(power)
+        if power < 0:  # x has no component along null directions: give them 0, not eps^p (inf at eps=0)
+            null = lam <= lam.max() * max(x.shape) * torch.finfo(lam.dtype).eps
+            factor = torch.where(null, torch.zeros_like(factor), factor)
+        if small_side_rows:
+            out = (vectors * factor) @ (vectors.T @ x)
+        else:
+            out = (x @ vectors) * factor @ vectors.T
+        out = out if axis == 0 else out.T
+        return out.to(out_dtype)

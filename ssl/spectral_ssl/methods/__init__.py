@@ -1,7 +1,8 @@
 """Self-supervised methods: :class:`SSLMethod` owns the loop, each method defines its loss."""
 
 from .base import SSLMethod
-from .intl import INTL
+from .baselines import BarlowTwins, SimCLR, VICReg
+from .intl import INTL, SpectralTransform
 from .supervised import SupervisedClassifier
 
-__all__ = ["INTL", "SSLMethod", "SupervisedClassifier"]
+__all__ = ["INTL", "BarlowTwins", "SSLMethod", "SimCLR", "SpectralTransform", "SupervisedClassifier", "VICReg"]

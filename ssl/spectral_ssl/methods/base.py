@@ -25,7 +25,7 @@ class SSLMethod(L.LightningModule):
     Owns the training step (views -> embeddings -> ``compute_loss`` -> logging, with a clear error
     on a non-finite loss), the optimizer and its warm-up + cosine schedule, and checkpointable
     hyperparameters (saved as plain values, so checkpoints load with ``weights_only=True``).
-    A method subclasses this and implements :meth:`compute_loss` only.
+    A method subclasses this and sets ``self.criterion`` (or overrides :meth:`compute_loss`).
 
     ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
     ``trainable``: ``all``, ``norm_only`` (only the backbone's normalization parameters train; all
@@ -62,8 +62,9 @@ class SSLMethod(L.LightningModule):
         return [self.projector(self.backbone(v)) for v in views]
 
     def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
-        """Returns {"loss": scalar, **parts to log}. The one thing a method defines."""
-        raise NotImplementedError
+        """Returns {"loss": scalar, **parts to log}: by default ``self.criterion`` (a loss module
+        from :mod:`spectral_ssl.losses`, set by the method) applied to the embeddings of the views."""
+        return self.criterion(self.embed(views))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, _ = batch

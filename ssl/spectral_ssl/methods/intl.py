@@ -1,13 +1,9 @@
-"""INTL: IterNorm with trace loss (Weng et al., "Modulate Your Spectrum in Self-Supervised
-Learning", ICLR 2024)."""
+"""INTL, IterNorm with trace loss, and the spectral transformation family it belongs to (Weng et
+al., "Modulate Your Spectrum in Self-Supervised Learning", ICLR 2024)."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from torch import Tensor
-
-from ..losses import INTLLoss
+from ..losses import INTLLoss, STLoss
 from ..spectral import Form
 from .base import SSLMethod
 
@@ -24,5 +20,14 @@ class INTL(SSLMethod):
         super().__init__(**kwargs)
         self.criterion = INTLLoss(iters=iters, eps=eps, axis=axis, trace_weight=trace_weight, gather=gather, form=form)
 
-    def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
-        return self.criterion(self.embed(views))
+
+class SpectralTransform(SSLMethod):
+    """The ST family: align the views after mapping the embedding covariance's spectrum through
+    lambda -> lambda^power (p = -1/2 is whitening); see :class:`STLoss`. Sweep ``power`` to
+    reproduce the paper's ST ablation."""
+
+    def __init__(self, power: float = -0.5, method: str = "eigh", axis: int = 1, eps: float = 1e-5, iters: int = 4,
+                 trace_weight: float = 0.0, gather: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.criterion = STLoss(power=power, method=method, axis=axis, eps=eps, iters=iters,
+                                trace_weight=trace_weight, gather=gather)

@@ -43,7 +43,28 @@ class _ChannelAffine(nn.Module):
         return x * self.weight.view(shape) + self.bias.view(shape)
 
 
-class ParallelLayerNorm(_ChannelAffine):
+class _BlockLayerNorm(_ChannelAffine):
+    """Layer norm of contiguous blocks of ``group_size`` channels at every position, then the
+    per-channel affine; what PLN and LN-G share."""
+
+    def __init__(self, num_channels: int, group_size: int, eps: float, centre: bool, affine: bool) -> None:
+        super().__init__(num_channels, affine)
+        if num_channels % group_size:
+            raise ValueError(f"{type(self).__name__}: groups of {group_size} channels do not divide {num_channels} channels")
+        self.group_size, self.eps, self.centre = group_size, eps, centre
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        channels_last = x.movedim(1, -1)
+        blocks = channels_last.reshape(-1, c // self.group_size, self.group_size)
+        if self.centre:  # group_norm over (groups, k, 1) per row: exactly per-position block LN
+            normed = F.group_norm(blocks.reshape(-1, c, 1), c // self.group_size, eps=self.eps)
+        else:
+            normed = blocks * torch.rsqrt(blocks.square().mean(-1, keepdim=True) + self.eps)
+        return self.affine(normed.reshape(channels_last.shape).movedim(-1, 1))
+
+
+class ParallelLayerNorm(_BlockLayerNorm):
     """PLN, parallel layer normalization (the PLN paper's "norm size" k, Sec. 3).
 
     At every position (each pixel of a conv map), the C channels are split into C / k contiguous
@@ -61,28 +82,15 @@ class ParallelLayerNorm(_ChannelAffine):
 
     def __init__(self, num_channels: int, group_size: int = 8, eps: float = 1e-5, centre: bool = True,
                  affine: bool = True, **_: object) -> None:
-        super().__init__(num_channels, affine)
         if group_size < 3:
             raise ValueError(f"PLN group_size must be >= 3 (k=2 is a sign function, k=1 gives zeros), got {group_size}")
-        if num_channels % group_size:
-            raise ValueError(f"PLN group_size {group_size} must divide the {num_channels} channels")
-        self.group_size, self.eps, self.centre = group_size, eps, centre
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c = x.shape[:2]
-        blocks = x.movedim(1, -1).reshape(-1, c // self.group_size, self.group_size)
-        if self.centre:  # group_norm over (groups, k, 1) per row: exactly per-position block LN
-            normed = F.group_norm(blocks.reshape(-1, c, 1), c // self.group_size, eps=self.eps)
-            normed = normed.reshape(blocks.shape)
-        else:
-            normed = blocks * torch.rsqrt(blocks.square().mean(-1, keepdim=True) + self.eps)
-        return self.affine(normed.reshape(x.movedim(1, -1).shape).movedim(-1, 1))
+        super().__init__(num_channels, group_size, eps, centre, affine)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, group_size={self.group_size}, eps={self.eps}, centre={self.centre}"
 
 
-class GroupedLayerNorm(ParallelLayerNorm):
+class GroupedLayerNorm(_BlockLayerNorm):
     """LN-G, layer normalization with group partition (Ni et al., "On the Nonlinearity of Layer
     Normalization", ICML 2024, Sec. 4): the channels at each position are split into
     ``num_groups`` groups, each layer-normalized on its own, then a per-channel affine. The same
@@ -94,14 +102,10 @@ class GroupedLayerNorm(ParallelLayerNorm):
 
     def __init__(self, num_channels: int, num_groups: int = 8, eps: float = 1e-5, pool_spatial: bool = False,
                  affine: bool = True, **_: object) -> None:
-        if num_channels % num_groups:
-            raise ValueError(f"LN-G num_groups {num_groups} must divide the {num_channels} channels")
-        group_size = num_channels // num_groups
-        if group_size < 2:
-            raise ValueError(f"LN-G needs at least 2 channels per group, got {num_channels}/{num_groups}")
-        nn.Module.__init__(self)
-        _ChannelAffine.__init__(self, num_channels, affine)
-        self.group_size, self.eps, self.centre = group_size, eps, True
+        if num_channels % num_groups or num_channels // num_groups < 2:
+            raise ValueError(f"LN-G needs num_groups ({num_groups}) to divide the {num_channels} channels into "
+                             "groups of at least 2")
+        super().__init__(num_channels, num_channels // num_groups, eps, True, affine)
         self.num_groups, self.pool_spatial = num_groups, pool_spatial
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,10 +138,10 @@ class IterNorm2d(_ChannelAffine):
     P_{k+1} = (3 P_k - P_k^3 Sigma_N) / 2, W = P_T / sqrt(tr Sigma), output W Xc, then a
     per-channel affine. Running EMAs (momentum 0.1) of the mean and of W serve in eval mode.
     Differs from the authors' code: plain autograd through the iterations in float32 (their
-    hand-written backward uses removed torch APIs); the last group takes the remaining channels
-    when ``group_size`` does not divide C is NOT supported: it must divide C. Statistics are
-    per process under DDP (as the authors'); DDP's broadcast_buffers copies rank 0's running
-    statistics to every rank at each forward.
+    hand-written backward uses removed torch APIs), and ``group_size`` must divide C (the
+    authors let the last group take the remaining channels). Statistics are per process under
+    DDP, as the authors'; DDP's broadcast_buffers copies rank 0's running statistics to every
+    rank at each forward.
     """
 
     def __init__(self, num_channels: int, group_size: int = 64, iters: int = 5, eps: float = 1e-5,
