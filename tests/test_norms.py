@@ -115,3 +115,8 @@ def test_timm_backbone_with_norm_swap():
     model = create_backbone("timm:resnet18", norm="pln")
     assert isinstance(model.layer1[0].bn1, ParallelLayerNorm) and model.num_features == 512
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_lng_groups_of_two_are_refused():
+    with pytest.raises(ValueError, match="at least 3"):
+        GroupedLayerNorm(16, num_groups=8)

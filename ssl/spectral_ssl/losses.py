@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributed import gather_with_grad
-from .spectral import Form, _compute_dtype, iternorm, spectral_transform, trace_loss
+from .spectral import Form, full_precision_dtype, iternorm, spectral_transform, trace_loss
 
 
 def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -135,7 +135,7 @@ def _off_diagonal(matrix: Tensor) -> Tensor:
 
 def _full_precision(*tensors: Tensor) -> list[Tensor]:
     """float32 (float64 stays float64), for the statistics that half precision ruins."""
-    return [t.to(_compute_dtype(t)) for t in tensors]
+    return [t.to(full_precision_dtype(t)) for t in tensors]
 
 
 def _two_views(name: str, embeddings: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

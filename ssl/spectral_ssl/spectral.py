@@ -21,7 +21,8 @@ Form = Literal["auto", "batch", "feature"]
 Side = Literal["auto", "rows", "columns"]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def full_precision_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (bf16, fp16, float32) is computed in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -109,7 +110,7 @@ def iternorm(
     if d % groups:
         raise ValueError(f"dim {d} is not divisible into groups={groups}")
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.to(_compute_dtype(z))
+        z = z.to(full_precision_dtype(z))
         if axis == 0:
             if d < 2:
                 raise ValueError("sample whitening (axis=0) needs at least 2 features")
@@ -133,7 +134,7 @@ def trace_loss(z_hat: Tensor, *, axis: int = 0) -> Tensor:
     Summed, not averaged, as in the official code; O(N D) either way.
     """
     with torch.autocast(device_type=z_hat.device.type, enabled=False):
-        z_hat = z_hat.to(_compute_dtype(z_hat))
+        z_hat = z_hat.to(full_precision_dtype(z_hat))
         dim = 1 if axis == 0 else 0
         centred = z_hat - z_hat.mean(dim=dim, keepdim=True)
         variance = centred.square().sum(dim=dim) / (z_hat.shape[dim] - 1)
@@ -168,7 +169,7 @@ def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh"
         raise ValueError(f"method must be 'eigh' or 'newton', got {method!r}")
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 (samples) or 1 (features), got {axis}")
-    out_dtype = _compute_dtype(z)
+    out_dtype = full_precision_dtype(z)
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.to(dtype or torch.float64)
         if axis == 0:

@@ -23,7 +23,7 @@ class NormOptions:
 
     gn_groups: int = 32
     pln_group_size: int = 8
-    lng_groups: int = 8
+    lng_groups: int = 4
     lng_pool_spatial: bool = False
     iternorm_group_size: int = 64
 

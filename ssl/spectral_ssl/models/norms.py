@@ -95,16 +95,17 @@ class GroupedLayerNorm(_BlockLayerNorm):
     Normalization", ICML 2024, Sec. 4): the channels at each position are split into
     ``num_groups`` groups, each layer-normalized on its own, then a per-channel affine. The same
     operator as PLN, parameterized by the number of groups instead of their size (the paper shows
-    LN is nonlinear and that the partition amplifies it); ``num_groups=1`` is LayerNorm2d.
+    LN is nonlinear and that the partition amplifies it); ``num_groups=1`` is LayerNorm2d. Groups
+    must hold at least 3 channels, as PLN's blocks.
     ``pool_spatial=True`` also pools the statistics over H x W, which is GroupNorm — offered
     explicitly, never chosen silently.
     """
 
     def __init__(self, num_channels: int, num_groups: int = 8, eps: float = 1e-5, pool_spatial: bool = False,
                  affine: bool = True, **_: object) -> None:
-        if num_channels % num_groups or num_channels // num_groups < 2:
+        if num_channels % num_groups or num_channels // num_groups < 3:
             raise ValueError(f"LN-G needs num_groups ({num_groups}) to divide the {num_channels} channels into "
-                             "groups of at least 2")
+                             "groups of at least 3 (groups of 2 output +-1: a sign function)")
         super().__init__(num_channels, num_channels // num_groups, eps, True, affine)
         self.num_groups, self.pool_spatial = num_groups, pool_spatial
 
