@@ -138,13 +138,29 @@ def _full_precision(*tensors: Tensor) -> list[Tensor]:
     return [t.to(full_precision_dtype(t)) for t in tensors]
 
 
-def _two_views(name: str, embeddings: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    if len(embeddings) != 2:
-        raise ValueError(f"{name} takes exactly 2 views, got {len(embeddings)}")
-    return embeddings[0], embeddings[1]
+class _TwoViewLoss(nn.Module):
+    """What the two-view losses share: exactly two views, all-gathered across ranks with gradients
+    (unless ``gather=False``), computed in full precision with autocast off; subclasses define
+    :meth:`pair_loss` on the two (global batch, dim) tensors."""
+
+    def __init__(self, gather: bool) -> None:
+        super().__init__()
+        self.gather = gather
+
+    def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
+        if len(embeddings) != 2:
+            raise ValueError(f"{type(self).__name__} takes exactly 2 views, got {len(embeddings)}")
+        a, b = embeddings
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            if self.gather:
+                a, b = gather_with_grad(a), gather_with_grad(b)
+            return self.pair_loss(*_full_precision(a, b))
 
 
-class BarlowTwinsLoss(nn.Module):
+class BarlowTwinsLoss(_TwoViewLoss):
     """Barlow Twins (Zbontar et al., ICML 2021):
     L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2, C = Za^T Zb / N with each feature of Za, Zb
     standardized over the global batch (biased variance, eps 1e-5: the official BatchNorm1d(affine=False)
@@ -152,25 +168,20 @@ class BarlowTwinsLoss(nn.Module):
     """
 
     def __init__(self, lambd: float = 0.0051, gather: bool = True) -> None:
-        super().__init__()
-        self.lambd, self.gather = lambd, gather
+        super().__init__(gather)
+        self.lambd = lambd
 
-    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
-        a, b = _two_views("BarlowTwinsLoss", embeddings)
-        with torch.autocast(device_type=a.device.type, enabled=False):
-            if self.gather:
-                a, b = gather_with_grad(a), gather_with_grad(b)
-            a, b = _full_precision(a, b)
-            a = F.batch_norm(a, None, None, training=True, eps=1e-5)
-            b = F.batch_norm(b, None, None, training=True, eps=1e-5)
-            c = a.T @ b / a.shape[0]
-            on_diagonal = (torch.diagonal(c) - 1).square().sum()
-            off_diagonal = _off_diagonal(c).square().sum()
+    def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        a = F.batch_norm(a, None, None, training=True, eps=1e-5)
+        b = F.batch_norm(b, None, None, training=True, eps=1e-5)
+        c = a.T @ b / a.shape[0]
+        on_diagonal = (torch.diagonal(c) - 1).square().sum()
+        off_diagonal = _off_diagonal(c).square().sum()
         return {"loss": on_diagonal + self.lambd * off_diagonal, "on_diagonal": on_diagonal.detach(),
                 "off_diagonal": off_diagonal.detach()}
 
 
-class VICRegLoss(nn.Module):
+class VICRegLoss(_TwoViewLoss):
     """VICReg (Bardes et al., ICLR 2022): 25 * invariance + 25 * variance + 1 * covariance, with
     invariance = MSE(Za, Zb), variance = mean_j relu(1 - sqrt(Var(z_j) + 1e-4)) averaged over the two
     views, covariance = sum of squared off-diagonal covariances / D summed over the views (unbiased).
@@ -180,26 +191,21 @@ class VICRegLoss(nn.Module):
 
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
                  gather: bool = True) -> None:
-        super().__init__()
-        self.sim_coeff, self.std_coeff, self.cov_coeff, self.gather = sim_coeff, std_coeff, cov_coeff, gather
+        super().__init__(gather)
+        self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
 
-    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
-        a, b = _two_views("VICRegLoss", embeddings)
-        with torch.autocast(device_type=a.device.type, enabled=False):
-            if self.gather:
-                a, b = gather_with_grad(a), gather_with_grad(b)
-            a, b = _full_precision(a, b)
-            invariance = F.mse_loss(a, b)
-            n, d = a.shape
-            a, b = a - a.mean(0), b - b.mean(0)
-            variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / 2
-            covariance = sum(_off_diagonal(x.T @ x / (n - 1)).square().sum() / d for x in (a, b))
+    def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        invariance = F.mse_loss(a, b)
+        n, d = a.shape
+        a, b = a - a.mean(0), b - b.mean(0)
+        variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / 2
+        covariance = sum(_off_diagonal(x.T @ x / (n - 1)).square().sum() / d for x in (a, b))
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         return {"loss": loss, "invariance": invariance.detach(), "variance": variance.detach(),
                 "covariance": covariance.detach()}
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(_TwoViewLoss):
     """NT-Xent, SimCLR's contrastive loss (Chen et al., ICML 2020): over the 2N L2-normalized
     embeddings of the global batch (all-gathered with gradients, so every other image of every
     rank is a negative), the cross-entropy of each sample's positive (its other view) against all
@@ -207,18 +213,13 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, gather: bool = True) -> None:
-        super().__init__()
-        self.temperature, self.gather = temperature, gather
+        super().__init__(gather)
+        self.temperature = temperature
 
-    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
-        a, b = _two_views("NTXentLoss", embeddings)
-        with torch.autocast(device_type=a.device.type, enabled=False):
-            if self.gather:
-                a, b = gather_with_grad(a), gather_with_grad(b)
-            z = F.normalize(torch.cat(_full_precision(a, b)), dim=1)
-            n = a.shape[0]
-            logits = z @ z.T / self.temperature
-            logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-            targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-            loss = F.cross_entropy(logits, targets)
-        return {"loss": loss}
+    def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        z = F.normalize(torch.cat([a, b]), dim=1)
+        n = a.shape[0]
+        logits = z @ z.T / self.temperature
+        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return {"loss": F.cross_entropy(logits, targets)}
