@@ -44,7 +44,7 @@ class KNNMonitor(L.Callback):
         if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
             return
         self.results["trained"] = self.evaluate(pl_module.backbone, trainer.datamodule, pl_module.device)
-        pl_module.log("knn/top1", self.results["trained"])
+        pl_module.log("knn/top1", self.results["trained"], sync_dist=True)  # equal on every rank
 
     def summary(self) -> str:
         protocol = f"k={self.k}, " + ("unweighted" if self.temperature is None else f"T={self.temperature}")
