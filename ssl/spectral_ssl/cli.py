@@ -64,8 +64,8 @@ def _fit(args: list[str], command: str, default_model: str) -> TrainCLI:
     argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
     try:
         cli = TrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                          seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                          auto_configure_optimizers=False, run=False, default_model=default_model)
+                       seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                       auto_configure_optimizers=False, run=False, default_model=default_model)
     finally:
         sys.argv = argv
     last = Path(cli.callback(ModelCheckpoint).dirpath) / "last.ckpt"
@@ -130,5 +130,4 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
     command(argv[1:])
-    return None
 

@@ -51,7 +51,7 @@ def act_layer(act: str, options: NormOptions = NormOptions()) -> Callable[[int],
         "relu": lambda c: nn.ReLU(inplace=True),
         "gelu": lambda c: nn.GELU(),
         "identity": lambda c: nn.Identity(),
-        "pln": partial(ParallelLayerNorm, group_size=options.pln_group_size),
+        "pln": norm_layer("pln", options),  # PLN as the activation: the same layer as the norm
     }
     if act not in layers:
         raise ValueError(f"unknown act {act!r}; choose one of {', '.join(ACTS)}")
@@ -109,10 +109,9 @@ def create_backbone(name: str = "resnet18", *, norm: str = "bn", act: str = "rel
             raise ValueError(f"act='pln' (PLN as the activation) replaces the norm too: use norm='pln', not {norm!r}")
         act_fn = act_layer("identity")
     block, layers = ARCHITECTURES[name]
-    model = ResNet(block, layers, norm_layer=norm_fn, act_layer=act_fn, out_act_layer=out_act_fn,
-                   width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
-                   skip_init=norm == "none")
-    return model
+    return ResNet(block, layers, norm_layer=norm_fn, act_layer=act_fn, out_act_layer=out_act_fn,
+                  width=width, cifar_stem=cifar_stem, zero_init_residual=zero_init_residual,
+                  skip_init=norm == "none")
 
 
 def _timm_backbone(model: str, norm: str, act: str, options: NormOptions) -> nn.Module:
