@@ -83,6 +83,9 @@ def test_mismatched_architecture_and_bad_files_are_named(resnet50_export, tmp_pa
         read_pretraining_checkpoint(tmp_path / "other.ckpt")
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["export", str(tmp_path / "missing.ckpt")])
+    (tmp_path / "corrupt.ckpt").write_bytes(torch.randint(0, 256, (1000,), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(SystemExit, match="cannot be read as a PyTorch checkpoint"):
+        main(["export", str(tmp_path / "corrupt.ckpt")])
 
 
 def test_timm_backbone_exports_to_plain_timm(tmp_path):

@@ -46,13 +46,23 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
     model.load_state_dict(state_dict, strict=True)
 
 
+def _load_tensors(path: Path):
+    """``torch.load(weights_only=True)`` with an error that says which file failed and why."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated files, other formats, pickles that are not plain tensors
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint with weights_only=True: it is truncated, "
+                         f"another kind of file, or holds pickled objects beyond tensors ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+
+
 def read_pretraining_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """The backbone's tensors and metadata from a Lightning checkpoint (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in checkpoint or "backbone" not in checkpoint.get("hyper_parameters", {}):
+    checkpoint = _load_tensors(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "backbone" not in checkpoint.get("hyper_parameters", {}):
         raise ValueError(f"{path} is not a spectral-ssl pretraining checkpoint (no state_dict with backbone hyperparameters)")
     state = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
     metadata = {"format": "spectral-ssl backbone", "version": 1, "backbone": checkpoint["hyper_parameters"]["backbone"],
@@ -87,7 +97,7 @@ def load_backbone(path: str | Path) -> nn.Module:
         meta_path = path.with_name("backbone.json") if path.name == "backbone.pth" else path.with_suffix(".json")
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} (the metadata written beside {path.name} by spectral-ssl export) is missing")
-        metadata, state = json.loads(meta_path.read_text()), torch.load(path, map_location="cpu", weights_only=True)
+        metadata, state = json.loads(meta_path.read_text()), _load_tensors(path)
     model = build_from_metadata(metadata)
     load_weights(model, state, source=str(path))
     return model.eval()
