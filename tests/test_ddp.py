@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from spectral_ssl.losses import BarlowTwinsLoss, INTLLoss, NTXentLoss, VICRegLoss
+from spectral_ssl.losses import BarlowTwinsLoss, INTLLoss, NTXentLoss, VICRegLoss, WMSELoss
 
 BATCH, DIM_IN, DIM_OUT = 32, 12, 48
 LOSSES = {
@@ -17,6 +17,8 @@ LOSSES = {
     "barlow_twins": lambda: BarlowTwinsLoss(),
     "vicreg": lambda: VICRegLoss(),
     "nt_xent": lambda: NTXentLoss(temperature=0.2),
+    # W-MSE whitens sub-batches of w_size > dim: on 8 of the 48 outputs, 2 sub-batches of 16, twice
+    "wmse": lambda: (lambda views: WMSELoss(w_size=16, w_iter=2)([v[:, :8] for v in views])),
 }
 
 

@@ -103,3 +103,90 @@ def test_st_loss_is_alignment_of_transformed_views():
     # with p = -1/2, the Newton form and a trace weight, it is INTL in feature-whitening form
     st = STLoss(power=-0.5, method="newton", trace_weight=0.05)(views)
     torch.testing.assert_close(st["loss"], INTLLoss(axis=1, trace_weight=0.05)(views)["loss"])
+
+
+# --- W-MSE, BYOL, the momentum variant of INTL -----------------------------------------------------
+
+from spectral_ssl.losses import BYOLLoss, WMSELoss, cholesky_whitening  # noqa: E402
+
+
+def zca_whitening(x):
+    """Reference whitening through an eigendecomposition (float64): Xc Sigma^-1/2."""
+    xc = x - x.mean(0)
+    values, vectors = torch.linalg.eigh(xc.T @ xc / (x.shape[0] - 1))
+    return xc @ vectors @ torch.diag(values ** -0.5) @ vectors.T
+
+
+def reference_cholesky(x):
+    """W-MSE's whitening written out: Xc (L^-1)^T with L L^T = Cov(X) (unbiased)."""
+    return (x - x.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(x.T))).T
+
+
+def test_cholesky_whitening_whitens_and_differs_from_zca_by_a_rotation():
+    x = torch.randn(64, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)
+    w = cholesky_whitening(x)
+    torch.testing.assert_close(w, reference_cholesky(x))
+    torch.testing.assert_close(torch.cov(w.T), torch.eye(8, dtype=torch.float64))
+    rotation = torch.linalg.lstsq(zca_whitening(x), w).solution  # w = zca(x) R with R orthogonal
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(8, dtype=torch.float64))
+    torch.testing.assert_close(zca_whitening(x) @ rotation, w)
+
+
+def test_wmse_equals_formula_over_its_sub_batches():
+    views = [torch.randn(64, 8, dtype=torch.float64) for _ in range(3)]
+    loss = WMSELoss(w_size=32, w_iter=2, seed=5)
+    out = loss(views)["loss"]
+    generator = torch.Generator().manual_seed(5 * 1_000_003)  # first call
+    total = 0.0
+    for _ in range(2):
+        chunks = torch.randperm(64, generator=generator).view(2, 32)
+        for i in range(3):
+            for j in range(i + 1, 3):
+                for chunk in chunks:  # nmse over the whole batch = mean over equal-sized chunks
+                    a, b = reference_cholesky(views[i][chunk]), reference_cholesky(views[j][chunk])
+                    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+                    total = total + (2 - 2 * cos.mean()) / 2
+    torch.testing.assert_close(out, total / (2 * 3))
+    assert int(loss.calls) == 1  # the next call draws new sub-batches, reproducibly after a resume
+
+
+def test_wmse_rejects_a_singular_sub_batch():
+    with pytest.raises(ValueError, match="w_size"):
+        WMSELoss(w_size=16)([torch.randn(64, 32), torch.randn(64, 32)])
+
+
+def test_byol_loss_equals_symmetrized_formula_and_stops_target_gradients():
+    p = [torch.randn(16, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    t = [torch.randn(16, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    cos = lambda x, y: ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))).mean()  # noqa: E731
+    expected = (2 - 2 * cos(p[0], t[1])) + (2 - 2 * cos(p[1], t[0]))
+    out = BYOLLoss()(p, t)["loss"]
+    torch.testing.assert_close(out, expected)
+    out.backward()
+    assert p[0].grad is not None and t[0].grad is None
+
+
+def test_multi_crop_intl_is_the_sum_over_pairs_with_view_zero():
+    views = [torch.randn(32, 16) for _ in range(5)]  # 2 global + 3 small crops
+    loss = INTLLoss(trace_weight=0.05)
+    pairs = [loss([views[0], views[i]])["loss"] for i in range(1, 5)]
+    torch.testing.assert_close(loss(views)["loss"], sum(pairs) / 4)
+
+
+def test_momentum_intl_uses_a_gradient_free_key_and_query_trace_only():
+    queries = [torch.randn(32, 16, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    key = torch.randn(32, 16, dtype=torch.float64, requires_grad=True)
+    out = INTLLoss(trace_weight=0.05)(queries, key=key)
+    white_key = reference_whitening(key.detach(), 4)
+
+    def tl(w):
+        var = ((w - w.mean(1, keepdim=True)) ** 2).sum(1) / (w.shape[1] - 1)
+        return ((var - 1) ** 2).sum()
+
+    expected = 0.0
+    for q in queries:
+        w = reference_whitening(q, 4)
+        expected = expected + (2 - 2 * F.cosine_similarity(w, white_key).mean()) + 0.05 * tl(w)
+    torch.testing.assert_close(out["loss"], expected / 3)
+    out["loss"].backward()
+    assert key.grad is None and all(q.grad is not None for q in queries)

@@ -45,7 +45,11 @@ class SpectralAlignmentLoss(nn.Module):
 
         L = 1/(V-1) * sum_{i=1}^{V-1} [ nmse(zhat_i, zhat_0) + beta * (TL(zhat_i) + TL(zhat_0)) ]
 
-    with nmse = 2 - 2 mean cos and TL the trace loss (:func:`spectral_ssl.spectral.trace_loss`).
+    with nmse = 2 - 2 mean cos and TL the trace loss (:func:`spectral_ssl.spectral.trace_loss`):
+    with multi-crop (V > 2 views, each whitened on its own, so crops of different resolutions
+    never share statistics) every crop is paired with view 0, as in the official code.
+    Momentum variant (``key`` = the EMA encoder's embedding of view 0, gradient-free): the V
+    ``embeddings`` are all queries and L = 1/V sum_i [ nmse(zhat_i, khat) + beta TL(zhat_i) ].
     Returns ``loss``, ``alignment`` (the mean nmse), ``trace`` (the mean TL term, so
     loss = alignment + beta * trace) and ``trace_weight``. Subclasses define :meth:`transform`.
     """
@@ -60,23 +64,28 @@ class SpectralAlignmentLoss(nn.Module):
     def default_trace_weight(self, batch_size: int, dim: int) -> float:
         raise NotImplementedError
 
-    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
-        if len(embeddings) < 2:
+    def forward(self, embeddings: Sequence[Tensor], key: Tensor | None = None) -> dict[str, Tensor]:
+        if key is None and len(embeddings) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 views, got {len(embeddings)}")
         if self.gather:
             embeddings = [gather_with_grad(z) for z in embeddings]
+            key = None if key is None else gather_with_grad(key)
         n, d = embeddings[0].shape
         beta = self.trace_weight if self.trace_weight is not None else self.default_trace_weight(n, d)
         transformed = [self.transform(z) for z in embeddings]
-        pairs = len(transformed) - 1
+        if key is None:  # view 0 is the anchor and takes part in the trace terms of every pair
+            anchor, queries = transformed[0], transformed[1:]
+        else:  # momentum variant: a gradient-free anchor, trace loss on the queries alone
+            with torch.no_grad():
+                anchor, queries = self.transform(key), transformed
         # (trace terms first: the order in which autograd accumulates gradients changes the last
         # bits, and the figures in the README were measured with this order)
         if beta:
-            traces = [trace_loss(t, axis=self.axis) for t in transformed]
-            trace = sum(traces[i] + traces[0] for i in range(1, len(transformed))) / pairs
+            anchor_trace = trace_loss(anchor, axis=self.axis) if key is None else 0.0
+            trace = sum(trace_loss(q, axis=self.axis) + anchor_trace for q in queries) / len(queries)
         else:
-            trace = torch.zeros((), device=transformed[0].device)
-        alignment = sum(normalized_mse(transformed[i], transformed[0]) for i in range(1, len(transformed))) / pairs
+            trace = torch.zeros((), device=anchor.device)
+        alignment = sum(normalized_mse(q, anchor) for q in queries) / len(queries)
         return {
             "loss": alignment + beta * trace,
             "alignment": alignment.detach(),
@@ -225,3 +234,83 @@ class NTXentLoss(_TwoViewLoss):
         logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
         targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
         return {"loss": F.cross_entropy(logits, targets)}
+
+
+def cholesky_whitening(z: Tensor, eps: float = 0.0) -> Tensor:
+    """W-MSE's whitening of (N, D) rows: Zc L^-T with L L^T = (1 - eps) Cov(Z) + eps I (Cholesky,
+    unbiased covariance), so the output's covariance is the identity (Ermolov et al., ICML 2021)."""
+    dtype = full_precision_dtype(z)
+    zc = z.to(dtype) - z.to(dtype).mean(0)
+    eye = torch.eye(z.shape[1], dtype=dtype, device=z.device)
+    cov = (1 - eps) * (zc.T @ zc) / (z.shape[0] - 1) + eps * eye
+    lower = torch.linalg.cholesky(cov)
+    # rows: L^-1 zc_i, i.e. Zc L^-T
+    return torch.linalg.solve_triangular(lower, zc.T, upper=False).T
+
+
+class WMSELoss(nn.Module):
+    """W-MSE (Ermolov et al., "Whitening for Self-Supervised Representation Learning", ICML 2021).
+
+    The global batch of N images (all-gathered with gradients) is split, ``w_iter`` times, into
+    random sub-batches of ``w_size`` images; within each sub-batch every view is whitened on its
+    own by :func:`cholesky_whitening`; the loss is the normalized MSE (2 - 2 mean cos) over all
+    pairs of views, averaged over pairs and repetitions:
+
+        L = 1/(w_iter * P) sum_{r} sum_{i<j} nmse(W_r(z_i), W_r(z_j)),   P = V (V-1) / 2.
+
+    The sub-batch permutations are drawn from (``seed``, number of calls so far), the count being a
+    buffer saved in checkpoints: every rank of a DDP run draws the same ones (the result equals one
+    process over the whole batch) and a resumed run draws the ones it would have drawn.
+    ``w_size`` must divide N and exceed the embedding width (else the covariance is singular).
+    """
+
+    def __init__(self, w_size: int = 128, w_iter: int = 1, eps: float = 0.0, gather: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.w_size, self.w_iter, self.eps, self.gather, self.seed = w_size, w_iter, eps, gather, seed
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
+        if len(embeddings) < 2:
+            raise ValueError(f"WMSELoss needs at least 2 views, got {len(embeddings)}")
+        with torch.autocast(device_type=embeddings[0].device.type, enabled=False):
+            if self.gather:
+                embeddings = [gather_with_grad(z) for z in embeddings]
+            embeddings = _full_precision(*embeddings)
+            n, d = embeddings[0].shape
+            if n % self.w_size or self.w_size <= d:
+                raise ValueError(f"W-MSE: w_size={self.w_size} must divide the global batch {n} and exceed the "
+                                 f"embedding width {d}; set model.w_size accordingly")
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.calls))
+            self.calls += 1
+            total, pairs = 0.0, 0
+            for _ in range(self.w_iter):
+                order = torch.randperm(n, generator=generator).to(embeddings[0].device)
+                white = [torch.empty_like(z) for z in embeddings]
+                for index in order.view(-1, self.w_size):
+                    for w, z in zip(white, embeddings):
+                        w[index] = cholesky_whitening(z[index], self.eps)
+                for i in range(len(white)):
+                    for j in range(i + 1, len(white)):
+                        total, pairs = total + normalized_mse(white[i], white[j]), pairs + 1
+            return {"loss": total / pairs}
+
+
+class BYOLLoss(nn.Module):
+    """BYOL's objective (Grill et al., NeurIPS 2020): the online network's predictions p_i regress
+    the target network's projections t_j of the other views,
+
+        L = sum_{i != j} nmse(p_i, stopgrad(t_j)),   nmse = 2 - 2 mean cos,
+
+    i.e. the symmetrized loss for two views (p_0 vs t_1 plus p_1 vs t_0). Per-sample, so nothing is
+    gathered across ranks. ``forward(predictions, targets)``, one tensor per view in each.
+    """
+
+    def forward(self, predictions: Sequence[Tensor], targets: Sequence[Tensor]) -> dict[str, Tensor]:
+        if len(predictions) != len(targets) or len(predictions) < 2:
+            raise ValueError(f"BYOLLoss needs as many predictions as targets, at least 2 (got "
+                             f"{len(predictions)} and {len(targets)})")
+        with torch.autocast(device_type=predictions[0].device.type, enabled=False):
+            predictions = _full_precision(*predictions)
+            targets = _full_precision(*(t.detach() for t in targets))
+            loss = sum(normalized_mse(p, t) for i, p in enumerate(predictions) for j, t in enumerate(targets) if i != j)
+        return {"loss": loss}

@@ -12,7 +12,7 @@ from .models.norms import is_norm
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """SGD or LARS, linear warm-up then cosine decay, stepped every iteration.
+    """SGD, LARS or Adam (``name``), linear warm-up then cosine decay, stepped every iteration.
 
     ``lr`` is the base learning rate for a global batch of 256: the optimizer uses
     lr * (per-device batch x devices x nodes x gradient accumulation) / 256. The cosine ends at
@@ -52,7 +52,9 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
 
         # timm's LARS adapts only groups whose weight decay is non-zero (always_adapt=False).
         return Lars(groups, lr=lr, momentum=config.momentum)
-    raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd' or 'lars'")
+    if config.name == "adam":  # W-MSE's optimizer; weight decay as L2 in the gradient, as in its code
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,

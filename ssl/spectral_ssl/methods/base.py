@@ -12,6 +12,7 @@ from torch import Tensor
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
 from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
+from .momentum import MomentumTarget, cosine_momentum
 
 
 def _config(cls, value):
@@ -25,7 +26,8 @@ class SSLMethod(L.LightningModule):
     Owns the training step (views -> embeddings -> ``compute_loss`` -> logging, with a clear error
     on a non-finite loss), the optimizer and its warm-up + cosine schedule, and checkpointable
     hyperparameters (saved as plain values, so checkpoints load with ``weights_only=True``).
-    A method subclasses this and sets ``self.criterion`` (or overrides :meth:`compute_loss`).
+    A method subclasses this and sets ``self.criterion`` (or overrides :meth:`compute_loss`); one
+    with a momentum encoder calls :meth:`add_momentum_target`, and the base updates it every step.
 
     ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
     ``trainable``: ``all``, ``norm_only`` (only the backbone's normalization parameters train; all
@@ -46,7 +48,21 @@ class SSLMethod(L.LightningModule):
         self.backbone = backbone.build()
         self.projector = Projector(self.backbone.num_features, projector_dims[:-1], projector_dims[-1])
         self.trainable = trainable
+        self.target: MomentumTarget | None = None  # see add_momentum_target
         self.num_trainable, self.num_parameters = set_trainable(self.backbone, [self.projector], trainable)
+
+    def add_momentum_target(self, base_momentum: float, final_momentum: float = 1.0) -> None:
+        """An EMA copy of backbone + projector, its momentum raised from ``base_momentum`` to
+        ``final_momentum`` by a cosine over training (:func:`cosine_momentum`), updated after
+        every optimizer step."""
+        self.target = MomentumTarget(self.backbone, self.projector)
+        self.momentum_range = (base_momentum, final_momentum)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.target is not None:
+            momentum = cosine_momentum(self.global_step, int(self.trainer.estimated_stepping_batches),
+                                       *self.momentum_range)
+            self.target.update([self.backbone, self.projector], momentum)
 
     def on_fit_start(self) -> None:
         self.print(f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..losses import BarlowTwinsLoss, NTXentLoss, VICRegLoss
+from typing import Sequence
+
+from ..losses import BarlowTwinsLoss, BYOLLoss, NTXentLoss, VICRegLoss, WMSELoss
+from ..models import Projector
 from .base import SSLMethod
 
 
@@ -29,3 +32,30 @@ class SimCLR(SSLMethod):
     def __init__(self, temperature: float = 0.1, gather: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.criterion = NTXentLoss(temperature=temperature, gather=gather)
+
+
+class WMSE(SSLMethod):
+    """W-MSE (Ermolov et al., ICML 2021): MSE between views whitened by Cholesky in sub-batches of
+    ``w_size``, ``w_iter`` times per step; see :class:`spectral_ssl.losses.WMSELoss`."""
+
+    def __init__(self, w_size: int = 128, w_iter: int = 1, eps: float = 0.0, gather: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.criterion = WMSELoss(w_size=w_size, w_iter=w_iter, eps=eps, gather=gather)
+
+
+class BYOL(SSLMethod):
+    """BYOL (Grill et al., NeurIPS 2020): an online backbone + projector + predictor regresses an
+    EMA target's projection of the other view; the target's momentum rises from
+    ``base_momentum`` to 1 by a cosine. The predictor is [Linear-BN-ReLU] x hidden then Linear
+    back to the projector's width."""
+
+    def __init__(self, predictor_hidden_dims: Sequence[int] = (4096,), base_momentum: float = 0.99, **kwargs) -> None:
+        super().__init__(**kwargs)
+        width = self.projector.out_dim
+        self.predictor = Projector(width, predictor_hidden_dims, width).requires_grad_(self.trainable != "norm_only")
+        self.add_momentum_target(base_momentum)
+        self.criterion = BYOLLoss()
+
+    def compute_loss(self, views):
+        predictions = [self.predictor(z) for z in self.embed(views)]
+        return self.criterion(predictions, [self.target(v) for v in views])
