@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import lightning as L
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
+from .base import SSLDataModule, Split
+from .views import Augmentation, TensorImageDataset
 
 DIGITS_AUGMENTATION = Augmentation(size=16, scale=(0.4, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
                                    jitter_p=0.8, grayscale_p=0.0)
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SSLDataModule):
     """scikit-learn's digits: 1797 real 8x8 grey images of 10 classes (UCI optdigits test set).
 
     A fixed, stratified, seeded split holds out ``test_size`` images (360 by default). Images are
     scaled from 0..16 to uint8, upsampled to ``image_size`` (bilinear) and repeated to 3 channels,
-    so every backbone sees ordinary RGB tensors. Training batches are ``num_views`` augmented views
-    of each image; :meth:`knn_dataloaders` gives the clean (un-augmented) train and test images.
+    so every backbone sees ordinary RGB tensors.
     """
 
     def __init__(self, batch_size: int = 256, num_workers: int = 0, test_size: int = 360, image_size: int = 16,
-                 num_views: int = 2, augment: Augmentation = DIGITS_AUGMENTATION, seed: int = 0) -> None:
-        super().__init__()
-        self.batch_size, self.num_workers, self.test_size = batch_size, num_workers, test_size
-        self.image_size, self.num_views, self.augment, self.seed = image_size, num_views, augment, seed
+                 num_views: int = 2, augment: Augmentation | list[Augmentation] = DIGITS_AUGMENTATION,
+                 seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+        self.test_size, self.image_size = test_size, image_size
         self.num_classes = 10
 
     def setup(self, stage: str | None = None) -> None:
@@ -47,23 +47,8 @@ class DigitsDataModule(L.LightningDataModule):
         pixels = self.train_images.float().div(255)
         self.mean, self.std = [pixels.mean().item()] * 3, [pixels.std().item()] * 3
 
-    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (images.float().div(255) - mean) / std
-
-    def train_dataloader(self) -> DataLoader:
-        transform = MultiView([self.augment.build(self.mean, self.std)] * self.num_views)
-        dataset = TensorImageDataset(self.train_images, self.train_labels, transform)
-        trainer = self.trainer
-        sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
-                                     rank=trainer.global_rank if trainer else 0, shuffle=True, seed=self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
-        """Clean (normalised, un-augmented) train images for the bank and held-out test images."""
+    def dataset(self, split: Split, transform: Callable | None) -> TensorImageDataset:
         self.setup()
-        train = torch.utils.data.TensorDataset(self._normalize(self.train_images), self.train_labels)
-        test = torch.utils.data.TensorDataset(self._normalize(self.test_images), self.test_labels)
-        return DataLoader(train, batch_size=batch_size), DataLoader(test, batch_size=batch_size)
+        if split == "test":
+            return TensorImageDataset(self.test_images, self.test_labels, transform)
+        return TensorImageDataset(self.train_images, self.train_labels, transform)

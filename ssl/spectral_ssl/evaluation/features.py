@@ -29,7 +29,7 @@ def extract_features(model: Callable[[Tensor], Tensor], batches: Iterable, devic
     features, labels = [], []
     context = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
     with context:
-        for images, target in batches:
+        for images, target, *_ in batches:
             features.append(model(images.to(device)).float().cpu())
             labels.append(target.cpu())
     return torch.cat(features), torch.cat(labels)

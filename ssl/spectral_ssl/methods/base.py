@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ..data.base import SkippedImagesReport
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
 from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
@@ -63,6 +64,9 @@ class SSLMethod(L.LightningModule):
             momentum = cosine_momentum(self.global_step, int(self.trainer.estimated_stepping_batches),
                                        *self.momentum_range)
             self.target.update([self.backbone, self.projector], momentum)
+
+    def configure_callbacks(self):
+        return [SkippedImagesReport()]
 
     def on_fit_start(self) -> None:
         self.print(f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train")

@@ -32,6 +32,6 @@ class SupervisedClassifier(SSLMethod):
         return self.log_parts({"loss": F.cross_entropy(logits, labels)})
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch
+        images, labels = batch[:2]
         logits = self.projector(self.backbone(images))
         self.log("val/top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True)

@@ -1,0 +1,147 @@
+"""What every datamodule shares: the pretraining view stream, the clean evaluation loaders and
+the linear-evaluation loaders, built from one method a dataset implements (:meth:`dataset`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Literal, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .views import Augmentation, MultiView, SeededEpochSampler
+
+log = logging.getLogger(__name__)
+Split = Literal["pretrain", "train", "test"]
+
+
+class Normalize:
+    """uint8 image(s) -> float32 (x / 255 - mean) / std: the deterministic evaluation transform."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        return (image.float().div(255) - self.mean) / self.std
+
+
+class Skipped:
+    """Returned by a dataset in place of a sample it could not read (see :func:`collate_skipping`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def collate_skipping(samples: list) -> tuple:
+    """default_collate over the readable samples, plus the list of paths that were skipped:
+    ``(data, labels, skipped_paths)``. The datamodule strips the third element before the batch
+    reaches the model and counts it."""
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [s.path for s in samples if isinstance(s, Skipped)]
+    data, labels = default_collate(good) if good else (None, None)
+    return data, labels, skipped
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Base of the datamodules. A dataset implements :meth:`dataset` (its images for a split with a
+    transform) and sets ``num_classes``, ``mean``, ``std`` and ``image_size``.
+
+    Pretraining batches are ``([view_0, ..., view_{V-1}], labels)``. ``augment`` is one recipe used
+    for ``num_views`` views, or a list with one recipe per view (asymmetric views such as BYOL's, or
+    multi-crop: 2 global + N small crops of other sizes, then ``num_views`` is ignored). The view
+    stream depends only on (``seed``, epoch, image): see :class:`SeededEpochSampler`.
+    ``eval_resize``: side the evaluation images are resized to before a centre crop of
+    ``image_size`` (file datasets; 256 for ImageNet's 224).
+    """
+
+    num_classes: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    image_size: int
+
+    def __init__(self, batch_size: int = 256, num_workers: int = 4, num_views: int = 2,
+                 augment: Augmentation | list[Augmentation] = Augmentation(), seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
+        self.augment = augment
+        self.skipped: list[str] = []
+
+    # --- what a dataset implements ------------------------------------------------------------
+    def dataset(self, split: Split, transform: Callable | None) -> Dataset:
+        """The images of ``split`` ("pretrain": the images SSL trains on, "train"/"test": the
+        labelled ones), returning ``transform(image), label``; indexable by ``(index, seed)``."""
+        raise NotImplementedError
+
+    # --- transforms --------------------------------------------------------------------------
+    def view_transforms(self) -> list[Callable]:
+        recipes = self.augment if isinstance(self.augment, (list, tuple)) else [self.augment] * self.num_views
+        return [recipe.build(self.mean, self.std) for recipe in recipes]
+
+    def eval_transform(self) -> Callable:
+        return Normalize(self.mean, self.std)
+
+    def linear_train_transform(self) -> Callable:
+        """RandomResizedCrop + flip, nothing else: the linear-evaluation protocol's training view."""
+        recipe = Augmentation(size=self.image_size, scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
+        return recipe.build(self.mean, self.std)
+
+    # --- loaders -----------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        trainer = self.trainer
+        sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
+                                     rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=self.seed,
+                                     drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=collate_skipping, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
+        """Clean (un-augmented, normalized) labelled train images, for a kNN bank or cached linear
+        features, and the test images. Not sharded: :func:`extract_features` shards under DDP."""
+        self.setup("fit")
+        loader = lambda split: DataLoader(  # noqa: E731
+            self.dataset(split, self.eval_transform()), batch_size=batch_size, num_workers=self.num_workers,
+            collate_fn=collate_skipping)
+        return loader("train"), loader("test")
+
+    def linear_dataloaders(self, batch_size: int = 256) -> tuple[DataLoader, DataLoader]:
+        """The linear-evaluation protocol: augmented labelled train images (shuffled per epoch,
+        sharded under DDP) and the clean test images."""
+        self.setup("fit")
+        train = self._loader(self.dataset("train", self.linear_train_transform()), batch_size, shuffle=True)
+        return train, self.knn_dataloaders(batch_size)[1]
+
+    # --- unreadable images -------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[2], list):
+            data, labels, skipped = batch
+            self.skipped += skipped
+            if data is None:
+                raise RuntimeError(f"every image of a batch was unreadable (e.g. {skipped[0]}); check the dataset")
+            return data, labels
+        return batch
+
+    def pop_skipped(self) -> list[str]:
+        """The paths of images skipped since the last call (see :class:`SkippedImagesReport`)."""
+        skipped, self.skipped = self.skipped, []
+        return skipped
+
+
+class SkippedImagesReport(L.Callback):
+    """At the end of every training epoch: how many unreadable images the datamodule skipped
+    (each was already logged with its path when it was met), as a warning and ``data/skipped``."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pop = getattr(trainer.datamodule, "pop_skipped", None)
+        skipped = pop() if pop else []
+        if skipped:
+            log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", trainer.current_epoch, len(skipped),
+                        ", ".join(skipped[:3]))
+        pl_module.log("data/skipped", float(len(skipped)), reduce_fx="sum", sync_dist=True)

@@ -1,0 +1,114 @@
+"""ImageNet, ImageNet-100 and any ImageFolder tree of JPEG/PNG files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+from .base import Normalize, Skipped, SSLDataModule, Split
+from .views import Augmentation
+
+log = logging.getLogger(__name__)
+OnCorrupt = Literal["skip", "raise"]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_AUGMENTATION = [  # BYOL / INTL: blur on view 0 always, solarize on view 1 only
+    Augmentation(size=224, blur_p=1.0),
+    Augmentation(size=224, blur_p=0.1, solarize_p=0.2),
+]
+
+
+class UnreadableImageError(RuntimeError):
+    """An image file that cannot be decoded, with ``on_corrupt="raise"``."""
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) samples decoded to uint8 RGB tensors, then ``transform``ed; indexable by ``i``
+    or ``(i, seed)`` (the transform then runs under that RNG seed). An unreadable file is logged
+    with its path and returned as :class:`Skipped` (``on_corrupt="skip"``) or raises
+    :class:`UnreadableImageError` naming it (``"raise"``)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
+                 on_corrupt: OnCorrupt = "skip") -> None:
+        self.samples, self.transform, self.on_corrupt = list(samples), transform, on_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        try:
+            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError, ValueError) as error:
+            if self.on_corrupt == "raise":
+                raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
+                                           "unreadable files)") from error
+            log.warning("skipping unreadable image %s: %s", path, error)
+            return Skipped(path)
+        if self.transform is None:
+            return image, label
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class ImageFolderDataModule(SSLDataModule):
+    """An ImageFolder tree: ``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``
+    (ImageNet's usual layout after the validation images are sorted into class folders).
+    ``classes``: use only these class folders (e.g. the ImageNet-100 list); by default all.
+    Evaluation resizes to ``eval_resize`` then centre-crops ``image_size`` (256 -> 224).
+    """
+
+    def __init__(self, root: str = "data/imagenet", train_dir: str = "train", val_dir: str = "val",
+                 classes: list[str] | None = None, image_size: int = 224, eval_resize: int = 256,
+                 augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 on_corrupt: OnCorrupt = "skip", batch_size: int = 256, num_workers: int = 8, num_views: int = 2,
+                 seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+        self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
+        self.image_size, self.eval_resize, self.on_corrupt = image_size, eval_resize, on_corrupt
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "samples"):
+            return
+        self.samples = {"train": self._scan(self.train_dir), "test": self._scan(self.val_dir)}
+        self.num_classes = len(self.class_names)
+
+    def _scan(self, name: str) -> list[tuple[str, int]]:
+        folder = self.root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"no folder {folder}: an ImageFolder dataset needs {self.root}/{self.train_dir}/<class>/<image>.JPEG and "
+                f"{self.root}/{self.val_dir}/<class>/<image>.JPEG (set data.root, data.train_dir, data.val_dir)")
+        found, _ = find_classes(str(folder))
+        names = self.classes or found
+        unknown = sorted(set(names) - set(found))
+        if unknown:
+            raise FileNotFoundError(f"class folder(s) {unknown[:5]} not in {folder}")
+        if hasattr(self, "class_names") and names != self.class_names:
+            raise ValueError(f"{folder} has other class folders than {self.root / self.train_dir}")
+        self.class_names = list(names)
+        samples = make_dataset(str(folder), {c: i for i, c in enumerate(names)}, extensions=IMG_EXTENSIONS,
+                               allow_empty=True)
+        if not samples:
+            raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS[:4])} ...) under {folder}/<class>/")
+        return samples
+
+    def dataset(self, split: Split, transform: Callable | None) -> ImageFileDataset:
+        self.setup()
+        return ImageFileDataset(self.samples["train" if split == "pretrain" else split], transform, self.on_corrupt)
+
+    def eval_transform(self) -> Callable:
+        return v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.CenterCrop(self.image_size),
+                           Normalize(self.mean, self.std)])

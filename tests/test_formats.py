@@ -1,0 +1,111 @@
+"""The real on-disk formats, written small in the test: CIFAR pickles, STL-10 binaries, an
+ImageFolder of JPEG files with one corrupt file."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spectral_ssl.data import (Augmentation, CIFARDataModule, ImageFolderDataModule, STL10DataModule, UnreadableImageError)
+
+
+def write_cifar(root, num_classes=10, per_batch=6):
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if num_classes == 10 else ["train", "test"]
+    key = "labels" if num_classes == 10 else "fine_labels"
+    written = {}
+    for name in names:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, num_classes, per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, key: labels, "filenames": ["x.png"] * per_batch}, f)
+        written[name] = (data, labels)
+    return written
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_cifar_reads_torchvisions_python_folder(tmp_path, num_classes):
+    written = write_cifar(tmp_path, num_classes)
+    data = CIFARDataModule(root=str(tmp_path), num_classes=num_classes, num_workers=0, batch_size=4)
+    train = data.dataset("train", None)
+    first = "data_batch_1" if num_classes == 10 else "train"
+    image, label = train[1]
+    # row-major 3 x 32 x 32: the red plane first
+    assert torch.equal(image, torch.from_numpy(written[first][0][1].reshape(3, 32, 32)))
+    assert label == written[first][1][1]
+    assert len(train) == (30 if num_classes == 10 else 6) and len(data.dataset("test", None)) == 6
+    views, labels = data.on_before_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert len(views) == 2 and views[0].shape == (4, 3, 32, 32) and views[0].dtype == torch.float32
+
+
+def test_cifar_missing_folder_says_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download=true"):
+        CIFARDataModule(root=str(tmp_path)).setup()
+
+
+def test_stl10_reads_the_column_major_binaries(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    planes = {}
+    for split, n in (("train", 4), ("test", 3), ("unlabeled", 5)):
+        images = rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W)
+        images.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")  # the file stores each plane column by column
+        if split != "unlabeled":
+            np.array([1, 10, 3, 2][:n], dtype=np.uint8).tofile(folder / f"{split}_y.bin")
+        planes[split] = images
+    data = STL10DataModule(root=str(tmp_path), num_workers=0, batch_size=3)
+    image, label = data.dataset("train", None)[1]
+    assert torch.equal(image, torch.from_numpy(planes["train"][1])) and label == 9  # labels 1..10 -> 0..9
+    pretrain = data.dataset("pretrain", None)
+    assert len(pretrain) == 9 and torch.equal(pretrain[(6, 0)][0], torch.from_numpy(planes["unlabeled"][2]))
+    assert len(data.dataset("test", None)) == 3
+
+
+def write_image_folder(root, corrupt=True):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
+    if corrupt:
+        (root / "train" / "dog" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_image_folder_reads_jpegs_and_skips_a_corrupt_one(tmp_path, caplog):
+    write_image_folder(tmp_path)
+    data = ImageFolderDataModule(root=str(tmp_path), image_size=32, eval_resize=36, num_workers=0, batch_size=7,
+                                 augment=Augmentation(size=32))
+    data.setup()
+    assert data.class_names == ["cat", "dog"] and len(data.samples["train"]) == 7 and len(data.samples["test"]) == 6
+    image, label = data.dataset("test", None)[3]
+    assert image.shape == (3, 40, 48) and image.dtype == torch.uint8 and label == 1
+    expected = np.asarray(Image.open(tmp_path / "val" / "dog" / "0.JPEG").convert("RGB"))
+    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 2  # libjpeg vs PIL rounding
+    with caplog.at_level("WARNING"):
+        views, labels = data.on_before_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert views[0].shape == (6, 3, 32, 32) and len(labels) == 6  # 7 files, one unreadable
+    assert data.pop_skipped() == [str(tmp_path / "train" / "dog" / "broken.JPEG")]
+    assert "broken.JPEG" in caplog.text
+    bank, _ = data.knn_dataloaders(batch_size=16)
+    assert next(iter(bank))[0].shape == (6, 3, 32, 32)
+
+
+def test_image_folder_can_fail_on_a_corrupt_image_instead(tmp_path):
+    write_image_folder(tmp_path)
+    data = ImageFolderDataModule(root=str(tmp_path), on_corrupt="raise", num_workers=0)
+    data.setup()
+    with pytest.raises(UnreadableImageError, match="broken.JPEG"):
+        [data.dataset("train", None)[i] for i in range(7)]
+
+
+def test_image_folder_missing_path_names_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train/<class>/<image>"):
+        ImageFolderDataModule(root=str(tmp_path / "nowhere")).setup()
