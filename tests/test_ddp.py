@@ -67,3 +67,29 @@ def test_loss_under_ddp_equals_one_process_over_the_global_batch(ddp_results, na
         torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-10, atol=1e-10)
         for got, expected in zip(result["grads"], [p.grad for p in model.parameters()]):
             torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+
+
+def _extract_worker(rank, world, port, out_dir):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from spectral_ssl.evaluation import extract_features
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    images, labels = torch.arange(11 * 3, dtype=torch.float32).view(11, 3), torch.arange(11) % 4
+    torch.manual_seed(0)  # the same model on every rank
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    features, got_labels = extract_features(model, DataLoader(TensorDataset(images, labels), batch_size=4))
+    torch.save({"features": features, "labels": got_labels, "state": model.state_dict()}, f"{out_dir}/extract{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_feature_extraction_is_sharded_then_gathered_in_order(tmp_path):
+    """11 images over 2 ranks (the sampler pads one): each rank returns all 11, in dataset order."""
+    mp.spawn(_extract_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"extract{rank}.pt", weights_only=True)
+        model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+        model.load_state_dict(result["state"])
+        expected = model.eval()(torch.arange(33, dtype=torch.float32).view(11, 3)).detach()
+        torch.testing.assert_close(result["features"], expected)
+        assert torch.equal(result["labels"], torch.arange(11) % 4)

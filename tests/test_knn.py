@@ -18,6 +18,32 @@ def test_unweighted_matches_scikit_learn():
         assert torch.equal(knn_predict(bank, labels, queries, k=k, temperature=None, chunk_size=7), expected)
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_intl_protocol_5nn_l2_matches_scikit_learn(backend):
+    """5-NN, L2 distance on L2-normalized features, unweighted majority (the INTL / W-MSE protocol)."""
+    import torch.nn.functional as F
+
+    bank, labels = torch.randn(500, 32), torch.randint(0, 7, (500,))
+    queries = torch.randn(200, 32)
+    sk = KNeighborsClassifier(n_neighbors=5, algorithm="brute").fit(F.normalize(bank).numpy(), labels.numpy())
+    expected = torch.from_numpy(sk.predict(F.normalize(queries).numpy()))
+    got = knn_predict(bank, labels, queries, k=5, temperature=None, metric="l2", backend=backend, chunk_size=64)
+    assert torch.equal(got, expected)
+    # without normalization the protocol is plain Euclidean 5-NN
+    sk = KNeighborsClassifier(n_neighbors=5, algorithm="brute").fit(bank.numpy(), labels.numpy())
+    got = knn_predict(bank, labels, queries, k=5, temperature=None, metric="l2", normalize=False, backend=backend)
+    assert torch.equal(got, torch.from_numpy(sk.predict(queries.numpy())))
+
+
+def test_faiss_and_torch_agree_on_weighted_knn_with_a_chunked_bank():
+    bank, labels = torch.randn(3000, 64), torch.randint(0, 10, (3000,))
+    queries = torch.randn(300, 64)
+    for k in (20, 200):
+        by_faiss = knn_predict(bank, labels, queries, k=k, backend="faiss")
+        by_torch = knn_predict(bank, labels, queries, k=k, backend="torch", chunk_size=256)  # 12 bank chunks
+        assert (by_faiss == by_torch).float().mean() == 1.0
+
+
 def test_weighted_vote_by_hand():
     # Query along x. Neighbours: class 0 at cos 1.0, class 1 at cos 0.8 and 0.6; far one excluded (k=3).
     bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-1.0, 0.0]])

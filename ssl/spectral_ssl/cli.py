@@ -1,4 +1,4 @@
-"""The ``spectral-ssl`` command: ``pretrain``, ``supervised`` and ``export``.
+"""The ``spectral-ssl`` command: ``pretrain``, ``supervised``, ``linear``, ``knn``, ``spectrum``, ``export``.
 
 ``spectral-ssl pretrain --config configs/quickstart.yaml [--section.key=value ...]`` is a
 LightningCLI: ``--help``, ``--print_config``, several ``--config`` files and dotted overrides
@@ -18,15 +18,16 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .evaluation import KNNMonitor
+from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from .methods import SSLMethod
 
 
 class TrainCLI(LightningCLI):
     """LightningCLI with a run folder, automatic resume and a kNN monitor."""
 
-    def __init__(self, *args, default_model: str = "spectral_ssl.methods.INTL", **kwargs) -> None:
-        self.default_model = default_model
+    def __init__(self, *args, default_model: str | None = "spectral_ssl.methods.INTL", monitors: bool = True,
+                 **kwargs) -> None:
+        self.default_model, self.monitors = default_model, monitors
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -34,13 +35,15 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
         parser.add_argument("--resume", type=bool, default=True,
                             help="continue from <output_dir>/<run_name>/checkpoints/last.ckpt when it exists")
-        parser.add_lightning_class_args(KNNMonitor, "knn")
+        if self.monitors:
+            parser.add_lightning_class_args(KNNMonitor, "knn")
+            parser.add_lightning_class_args(OnlineLinearProbe, "online_probe")
+            parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.save_last": True,
-            "model": {"class_path": self.default_model},
-            "data": {"class_path": "spectral_ssl.data.DigitsDataModule"},
-        })
+        defaults = {"checkpoint.save_last": True, "data": {"class_path": "spectral_ssl.data.DigitsDataModule"}}
+        if self.default_model:
+            defaults["model"] = {"class_path": self.default_model}
+        parser.set_defaults(defaults)
 
     @property
     def run_dir(self) -> Path:
@@ -60,21 +63,24 @@ class TrainCLI(LightningCLI):
         return self.trainer
 
 
-def _fit(args: list[str], command: str, default_model: str) -> TrainCLI:
+def _cli(args: list[str], command: str, model_class=SSLMethod, **kwargs) -> TrainCLI:
     argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
     try:
-        cli = TrainCLI(SSLMethod, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                       auto_configure_optimizers=False, run=False, default_model=default_model)
+        return TrainCLI(model_class, LightningDataModule, subclass_mode_model=model_class is SSLMethod,
+                        subclass_mode_data=True, seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                        auto_configure_optimizers=False, run=False, **kwargs)
     finally:
         sys.argv = argv
+
+
+def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainCLI:
     last = Path(cli.callback(ModelCheckpoint).dirpath) / "last.ckpt"
     ckpt_path = None
     if cli.config_init["resume"] and last.exists():
         ckpt_path = str(last)
         print(f"Resuming from {last} (pass --resume=false to start over)", file=sys.stderr)
     try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=ckpt_path)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
     return cli
@@ -87,20 +93,83 @@ def _print_knn(cli: TrainCLI) -> None:
 
 def pretrain(args: list[str]) -> TrainCLI:
     """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
-    cli = _fit(args, "pretrain", "spectral_ssl.methods.INTL")
+    cli = _fit(_cli(args, "pretrain", default_model="spectral_ssl.methods.INTL"))
     _print_knn(cli)
     return cli
 
 
 def supervised(args: list[str]) -> TrainCLI:
     """The supervised reference run: the same options, a labelled classifier, top-1 on the held-out split."""
-    cli = _fit(args, "supervised", "spectral_ssl.methods.SupervisedClassifier")
+    cli = _fit(_cli(args, "supervised", default_model="spectral_ssl.methods.SupervisedClassifier"))
     _, test_loader = cli.datamodule.knn_dataloaders()
     cli.test_top1 = cli.trainer.validate(cli.model, dataloaders=test_loader, verbose=False)[0]["val/top1"]
     _print_knn(cli)
     if cli.trainer.is_global_zero:
         print(f"supervised top-1 on the held-out split: {100 * cli.test_top1:.2f}%")
     return cli
+
+
+class LinearEvaluationData(LightningDataModule):
+    """A pretraining datamodule seen through its linear-evaluation loaders (augmented labelled
+    train images, clean validation images)."""
+
+    def __init__(self, data) -> None:
+        super().__init__()
+        self.data, self.batch_size = data, data.batch_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        self.data.setup(stage)
+
+    def train_dataloader(self):
+        return self.data.linear_dataloaders(self.batch_size)[0]
+
+    def val_dataloader(self):
+        return self.data.knn_dataloaders(self.batch_size)[1]
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return self.data.on_before_batch_transfer(batch, dataloader_idx)
+
+    def pop_skipped(self) -> list[str]:
+        return self.data.pop_skipped()
+
+
+def linear(args: list[str]):
+    """Linear evaluation of a checkpoint (``spectral-ssl linear CKPT [--config configs/linear/...]``):
+    the ImageNet protocol through a Trainer, or ``--fast`` on cached features."""
+    from .evaluate import linear_fast, main_guard
+
+    fast = [a for a in args if a in ("--fast", "--fast=true", "--fast=false")]
+    args = [a for a in args if a not in fast]
+    if fast and fast[-1] != "--fast=false":
+        return main_guard(linear_fast, args)
+    if args and not args[0].startswith("-"):  # the checkpoint as the first argument
+        args = [f"--model.checkpoint={args[0]}", *args[1:]]
+    cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False)
+    _fit(cli, LinearEvaluationData(cli.datamodule))
+    metrics = cli.trainer.validate(cli.model, datamodule=LinearEvaluationData(cli.datamodule), verbose=False)[0]
+    if cli.trainer.is_global_zero:
+        print(f"linear top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
+              f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)")
+    cli.metrics = metrics
+    return cli
+
+
+def knn(args: list[str]):
+    """kNN evaluation of a checkpoint (see :mod:`spectral_ssl.evaluate`)."""
+    from .evaluate import knn as knn_command, main_guard
+
+    return main_guard(knn_command, args)
+
+
+def spectrum(args: list[str]):
+    """Spectrum of a checkpoint's features (see :mod:`spectral_ssl.evaluate`)."""
+    from .evaluate import main_guard, spectrum as spectrum_command
+
+    return main_guard(spectrum_command, args)
 
 
 def export(args: list[str]) -> None:
@@ -110,18 +179,23 @@ def export(args: list[str]) -> None:
     export_main(args)
 
 
-COMMANDS = {"pretrain": pretrain, "supervised": supervised, "export": export}
+COMMANDS = {"pretrain": pretrain, "supervised": supervised, "linear": linear, "knn": knn, "spectrum": spectrum,
+            "export": export}
 USAGE = """usage: spectral-ssl <command> [options]
 
 commands:
   pretrain   self-supervised pretraining (spectral-ssl pretrain --help)
   supervised the supervised reference run with the same options (spectral-ssl supervised --help)
+  linear     linear evaluation of a checkpoint: the ImageNet protocol, or --fast on cached features
+             (spectral-ssl linear CKPT --config configs/linear/<dataset>.yaml)
+  knn        kNN top-1 of a checkpoint, weighted (k=20, 200) and the INTL 5-NN L2 protocol
+  spectrum   eigen-spectrum, effective rank, RankMe of a checkpoint's features (PNG + CSV)
   export     write a pretrained backbone as torchvision state_dict, safetensors, TorchScript, ONNX
              (spectral-ssl export --help)
 """
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -129,5 +203,5 @@ def main(argv: list[str] | None = None) -> None:
     command = COMMANDS.get(argv[0])
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
-    command(argv[1:])
+    return command(argv[1:])
 

@@ -56,15 +56,24 @@ def _load_tensors(path: Path):
                          f"{str(error).splitlines()[0] if str(error) else ''})") from error
 
 
-def read_pretraining_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """The backbone's tensors and metadata from a Lightning checkpoint (``weights_only=True``)."""
+def _submodule_state(checkpoint: Mapping, prefix: str) -> dict[str, Tensor]:
+    return {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def _read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = _load_tensors(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "backbone" not in checkpoint.get("hyper_parameters", {}):
         raise ValueError(f"{path} is not a spectral-ssl pretraining checkpoint (no state_dict with backbone hyperparameters)")
-    state = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
+    return checkpoint
+
+
+def read_pretraining_checkpoint(path: str | Path, checkpoint: Mapping | None = None) -> tuple[dict[str, Tensor], dict]:
+    """The backbone's tensors and metadata from a Lightning checkpoint (``weights_only=True``)."""
+    checkpoint = checkpoint or _read_checkpoint(path)
+    state = _submodule_state(checkpoint, "backbone.")
     metadata = {"format": "spectral-ssl backbone", "version": 1, "backbone": checkpoint["hyper_parameters"]["backbone"],
                 "source": str(path), "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     return state, metadata
@@ -101,6 +110,28 @@ def load_backbone(path: str | Path) -> nn.Module:
     model = build_from_metadata(metadata)
     load_weights(model, state, source=str(path))
     return model.eval()
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, nn.Module | None]:
+    """(backbone, projector) from a pretraining checkpoint, or (backbone, None) from an exported
+    backbone (``.safetensors`` / ``.pth``); both in eval mode, loaded without unpickling."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".pth"):
+        return load_backbone(path), None
+    from .models import Projector
+
+    checkpoint = _read_checkpoint(path)
+    state, metadata = read_pretraining_checkpoint(path, checkpoint)
+    backbone = build_from_metadata(metadata)
+    load_weights(backbone, state, source=str(path))
+    dims = checkpoint["hyper_parameters"].get("projector_dims")
+    projector_state = _submodule_state(checkpoint, "projector.")
+    projector = None
+    if dims and projector_state:
+        projector = Projector(backbone.num_features, dims[:-1], dims[-1])
+        load_weights(projector, projector_state, source=f"{path} (projector)")
+        projector.eval()
+    return backbone.eval(), projector
 
 
 def export_backbone(checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None,

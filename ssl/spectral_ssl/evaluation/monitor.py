@@ -1,4 +1,4 @@
-"""Lightning callbacks that evaluate the backbone during pretraining."""
+"""Lightning callbacks that evaluate the representation during pretraining."""
 
 from __future__ import annotations
 
@@ -6,54 +6,185 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from ..distributed import world_size
 from .features import extract_features
 from .knn import knn_accuracy
+from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary
+
+
+def _every(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    epoch = trainer.current_epoch + 1
+    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
+
+
+def _require(datamodule, method: str, who: str):
+    if not hasattr(datamodule, method):
+        raise TypeError(f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none")
 
 
 class KNNMonitor(L.Callback):
-    """Weighted kNN top-1 of the backbone's features on the datamodule's held-out images.
+    """kNN top-1 of the backbone's features on the datamodule's held-out images, in both protocols:
+    weighted (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN
+    (L2, unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
 
-    The bank is the clean (un-augmented) training set, extracted with the model in eval mode, as
-    given by the datamodule's ``knn_dataloaders()``. At the start of fitting it also measures two
-    baselines: the raw pixels and the randomly initialised network; after every ``every_n_epochs``
-    epochs (and the last) the trained one, logged as ``knn/top1``. :meth:`summary` prints all three.
+    The bank is the clean (un-augmented) training set from the datamodule's ``knn_dataloaders()``,
+    extracted with the model in eval mode (sharded over the ranks under DDP). At the start of
+    fitting it also measures the raw pixels and the randomly initialised network; after every
+    ``every_n_epochs`` epochs (and the last) the trained one. :meth:`summary` prints all of them.
     """
 
     def __init__(self, k: int = 20, temperature: float | None = 0.07, every_n_epochs: int = 1) -> None:
         self.k, self.temperature, self.every_n_epochs = k, temperature, every_n_epochs
-        self.results: dict[str, float] = {}
+        self.results: dict[str, float] = {}  # weighted protocol
+        self.results_l2: dict[str, float] = {}  # 5-NN L2 protocol
 
-    def evaluate(self, model, datamodule, device: torch.device | str = "cpu") -> float:
+    def evaluate(self, model, datamodule, device: torch.device | str = "cpu") -> tuple[float, float]:
         bank_loader, query_loader = datamodule.knn_dataloaders()
         bank, bank_labels = extract_features(model, bank_loader, device)
         queries, query_labels = extract_features(model, query_loader, device)
-        return knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature)
+        weighted = knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature)
+        l2 = knn_accuracy(bank, bank_labels, queries, query_labels, k=5, temperature=None, metric="l2")
+        return weighted, l2
+
+    def _record(self, name: str, model, trainer: L.Trainer, device) -> None:
+        self.results[name], self.results_l2[name] = self.evaluate(model, trainer.datamodule, device)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if not hasattr(datamodule, "knn_dataloaders"):
-            raise TypeError(f"KNNMonitor needs a datamodule with knn_dataloaders(); {type(datamodule).__name__} has none")
+        _require(trainer.datamodule, "knn_dataloaders", "KNNMonitor")
         if "raw pixels" not in self.results:
-            self.results["raw pixels"] = self.evaluate(lambda x: x.flatten(1), datamodule, pl_module.device)
+            self._record("raw pixels", lambda x: x.flatten(1), trainer, pl_module.device)
         if "random init" not in self.results and trainer.global_step == 0:
-            self.results["random init"] = self.evaluate(pl_module.backbone, datamodule, pl_module.device)
+            self._record("random init", pl_module.backbone, trainer, pl_module.device)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+        if not _every(trainer, self.every_n_epochs):
             return
-        self.results["trained"] = self.evaluate(pl_module.backbone, trainer.datamodule, pl_module.device)
+        self._record("trained", pl_module.backbone, trainer, pl_module.device)
         pl_module.log("knn/top1", self.results["trained"], sync_dist=True)  # equal on every rank
+        pl_module.log("knn/top1_5nn_l2", self.results_l2["trained"], sync_dist=True)
 
     def summary(self) -> str:
-        protocol = f"k={self.k}, " + ("unweighted" if self.temperature is None else f"T={self.temperature}")
-        rows = [f"kNN top-1 on the held-out split (cosine, {protocol}):"]
-        rows += [f"  {name:<12} {100 * value:6.2f}%" for name, value in self.results.items()]
+        weighted = f"cosine k={self.k}, " + ("unweighted" if self.temperature is None else f"T={self.temperature}")
+        rows = [f"kNN top-1 on the held-out split:  {weighted:>20}  {'5-NN L2 (INTL)':>15}"]
+        rows += [f"  {name:<12} {100 * value:39.2f}%  {100 * self.results_l2.get(name, float('nan')):14.2f}%"
+                 for name, value in self.results.items()]
         return "\n".join(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"results": dict(self.results)}
+        return {"results": dict(self.results), "results_l2": dict(self.results_l2)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = dict(state_dict["results"])
+        self.results_l2 = dict(state_dict.get("results_l2", {}))
+
+
+class SpectrumMonitor(L.Callback):
+    """Every ``every_n_epochs`` epochs: the eigen-spectrum of the backbone features and of the
+    projector's embedding on the clean held-out images; logs ``spectrum/<features>/effective_rank``,
+    ``rankme`` and ``condition_number`` and a log-log plot of both spectra to TensorBoard."""
+
+    def __init__(self, every_n_epochs: int = 5) -> None:
+        self.every_n_epochs = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not _every(trainer, self.every_n_epochs):
+            return
+        _require(trainer.datamodule, "knn_dataloaders", "SpectrumMonitor")
+        _, loader = trainer.datamodule.knn_dataloaders()
+        features, _ = extract_features(pl_module.backbone, loader, pl_module.device)
+        embedding, _ = extract_features(nn.Sequential(pl_module.backbone, pl_module.projector), loader, pl_module.device)
+        spectra = {}
+        for name, values in (("backbone", features), ("embedding", embedding)):
+            for key, value in spectrum_summary(values).items():
+                if key != "dim":
+                    pl_module.log(f"spectrum/{name}/{key}", value, sync_dist=True)
+            spectra[name] = covariance_spectrum(values)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_figure"):
+            figure = plot_spectra(spectra, f"epoch {trainer.current_epoch + 1}")
+            experiment.add_figure("spectrum", figure, global_step=trainer.global_step, close=True)
+
+
+class OnlineLinearProbe(L.Callback):
+    """A linear classifier trained alongside pretraining on the detached backbone features of
+    view 0 (its own SGD optimizer, so the backbone never receives its gradient); logs
+    ``online/train_top1`` every step and ``online/top1`` on the clean held-out images every
+    ``every_n_epochs`` epochs. Labels < 0 (STL-10's unlabeled images) are ignored."""
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 every_n_epochs: int = 1) -> None:
+        self.lr, self.momentum, self.weight_decay, self.every_n_epochs = lr, momentum, weight_decay, every_n_epochs
+        self.classifier: nn.Linear | None = None
+        self._pending_state: dict | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        num_classes = getattr(trainer.datamodule, "num_classes", None)
+        if num_classes is None:
+            trainer.datamodule.setup(stage)
+            num_classes = trainer.datamodule.num_classes
+        self.classifier = nn.Linear(pl_module.backbone.num_features, num_classes)
+        self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=self.lr, momentum=self.momentum,
+                                         weight_decay=self.weight_decay)
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.classifier.to(pl_module.device)
+        self._features: torch.Tensor | None = None
+        self._hook = pl_module.backbone.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output) -> None:
+        if module.training and self._features is None:  # the first training forward of a step: view 0
+            self._features = output.detach()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._features = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        labels = batch[1]
+        if self._features is None or len(self._features) != len(labels):
+            return
+        known = labels >= 0
+        if not known.any():
+            return
+        with torch.autocast(pl_module.device.type, enabled=False):
+            logits = self.classifier(self._features[known].float())
+            loss = F.cross_entropy(logits, labels[known])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if world_size() > 1:  # keep the ranks' classifiers identical: average their gradients
+            for param in self.classifier.parameters():
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world_size()
+        self.optimizer.step()
+        pl_module.log("online/train_top1", (logits.argmax(1) == labels[known]).float().mean())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not _every(trainer, self.every_n_epochs):
+            return
+        _require(trainer.datamodule, "knn_dataloaders", "OnlineLinearProbe")
+        _, loader = trainer.datamodule.knn_dataloaders()
+        features, labels = extract_features(pl_module.backbone, loader, pl_module.device)
+        with torch.no_grad():
+            predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
+        self.top1 = (predictions == labels).float().mean().item()
+        pl_module.log("online/top1", self.top1, sync_dist=True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._hook.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.classifier is None:
+            return {}
+        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.classifier is None:  # restored before setup: apply once the classifier exists
+            self._pending_state = state_dict
+            return
+        if state_dict:
+            self.classifier.load_state_dict(state_dict["classifier"])
+            self.optimizer.load_state_dict(state_dict["optimizer"])

@@ -1,6 +1,10 @@
-"""The eigen-spectrum of an embedding and the ranks read off it."""
+"""The eigen-spectrum of an embedding and the numbers read off it."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -21,3 +25,68 @@ def effective_rank(eigenvalues: Tensor) -> float:
     p = p / p.sum()
     p = p[p > 0]
     return torch.exp(-(p * p.log()).sum()).item()
+
+
+def rankme(features: Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023): exp of the entropy of p_k = s_k / sum s + eps, with
+    s_k the singular values of the (N, D) feature matrix itself (not centred)."""
+    s = torch.linalg.svdvals(features.double())
+    p = s / s.sum() + eps
+    return torch.exp(-(p * p.log()).sum()).item()
+
+
+def condition_number(eigenvalues: Tensor) -> float:
+    """lambda_max / lambda_min of the covariance (inf when it is singular)."""
+    smallest = float(eigenvalues.min())
+    return float(eigenvalues.max()) / smallest if smallest > 0 else float("inf")
+
+
+def spectrum_summary(features: Tensor) -> dict[str, float]:
+    """Effective rank, RankMe and condition number of (N, D) features, and their width D."""
+    eigenvalues = covariance_spectrum(features)
+    return {"effective_rank": effective_rank(eigenvalues), "rankme": rankme(features),
+            "condition_number": condition_number(eigenvalues), "dim": float(features.shape[1])}
+
+
+def plot_spectra(spectra: Mapping[str, Tensor], title: str = ""):
+    """A log-log plot of each spectrum normalized by its largest eigenvalue (lambda_i / lambda_1
+    against i); returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
+    for name, values in spectra.items():
+        values = values.double()
+        positive = values[values > 0]
+        axes.loglog(torch.arange(1, len(positive) + 1).numpy(), (positive / positive[0]).numpy(), label=name)
+    axes.set_xlabel("index i")
+    axes.set_ylabel("eigenvalue / largest")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_spectra(spectra: Mapping[str, Tensor], out_dir: str | Path, title: str = "") -> tuple[Path, Path]:
+    """``spectrum.png`` (see :func:`plot_spectra`) and ``spectrum.csv`` (one column of eigenvalues
+    per features, descending) in ``out_dir``."""
+    from matplotlib import pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plot_spectra(spectra, title)
+    png = out_dir / "spectrum.png"
+    figure.savefig(png)
+    plt.close(figure)
+    path = out_dir / "spectrum.csv"
+    names = list(spectra)
+    longest = max(len(v) for v in spectra.values())
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", *names])
+        for i in range(longest):
+            writer.writerow([i + 1, *(repr(float(spectra[n][i])) if i < len(spectra[n]) else "" for n in names)])
+    return png, path

@@ -1,0 +1,144 @@
+"""The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum`` and the fast mode of
+``spectral-ssl linear``, on a pretraining checkpoint or an exported backbone.
+
+Each reads the dataset through the same datamodules as pretraining (``--data`` as in
+``spectral-ssl pretrain``, the built-in digits by default), extracts features of the clean
+images with the backbone in eval mode (sharded over the processes when started by torchrun),
+prints its numbers and returns them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from jsonargparse import ActionConfigFile, ArgumentParser
+from torch import nn
+
+from .data import SSLDataModule
+from .evaluation import (PROTOCOLS, covariance_spectrum, extract_features, knn_accuracy, linear_probe,
+                         spectrum_summary, write_spectra)
+from .export import load_encoder
+
+
+def _parser(prog: str, description: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
+    parser.add_argument("checkpoint", type=str, help="pretraining checkpoint (.ckpt) or exported backbone "
+                                                     "(backbone.safetensors / backbone.pth)")
+    parser.add_subclass_arguments(SSLDataModule, "data", required=False, help="the dataset (default: digits)")
+    parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--precision", type=str, default="32", choices=["32", "bf16"], help="feature extraction")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.set_defaults({"data": {"class_path": "spectral_ssl.data.DigitsDataModule"}})
+    return parser
+
+
+def _setup(parser: ArgumentParser, args: list[str]):
+    config = parser.parse_args(args)
+    init = parser.instantiate_classes(config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = config.device
+    if device == "auto":
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    backbone, projector = load_encoder(config.checkpoint)
+    backbone.to(device)
+    if projector is not None:
+        projector.to(device)
+    precision = torch.bfloat16 if config.precision == "bf16" else None
+    return config, init.data, backbone, projector, torch.device(device), precision
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _say(text: str) -> None:
+    if _is_main():
+        print(text, flush=True)
+
+
+def _features(model: nn.Module, datamodule: SSLDataModule, batch_size: int, device, precision):
+    train_loader, test_loader = datamodule.knn_dataloaders(batch_size)
+    start = time.perf_counter()
+    train = extract_features(model, train_loader, device, precision)
+    test = extract_features(model, test_loader, device, precision)
+    return train, test, time.perf_counter() - start
+
+
+def knn(args: list[str]) -> dict[str, float]:
+    parser = _parser("spectral-ssl knn", "kNN top-1 of a backbone's features: weighted (cosine, k=20 and 200, "
+                     "T=0.07) and the official INTL 5-NN (L2, unweighted).")
+    parser.add_argument("--k", type=list[int], default=[20, 200], help="k of the weighted protocol")
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--backend", type=str, default="auto", choices=["auto", "faiss", "torch"])
+    config, datamodule, backbone, _, device, precision = _setup(parser, args)
+    (bank, bank_labels), (queries, labels), seconds = _features(backbone, datamodule, config.batch_size, device,
+                                                                precision)
+    _say(f"features: {len(bank)} train x {bank.shape[1]}, {len(queries)} test, extracted in {seconds:.1f} s")
+    protocols = {f"weighted k={k} T={config.temperature}": dict(k=k, temperature=config.temperature) for k in config.k}
+    protocols["5-NN L2 (INTL)"] = PROTOCOLS["5-NN L2 (INTL)"]
+    results = {}
+    for name, options in protocols.items():
+        start = time.perf_counter()
+        results[name] = knn_accuracy(bank, bank_labels, queries, labels, backend=config.backend, **options)
+        _say(f"kNN top-1, {name:<26} {100 * results[name]:6.2f}%   ({time.perf_counter() - start:.2f} s)")
+    return results
+
+
+def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
+    parser = _parser("spectral-ssl spectrum", "Eigen-spectrum of the backbone features and of the projector's "
+                     "embedding (pretraining checkpoints) on the clean test images: effective rank, RankMe, "
+                     "condition number, and spectrum.png + spectrum.csv.")
+    parser.add_argument("--out", type=str, default=None, help="output folder (default: beside the checkpoint)")
+    parser.add_argument("--split", type=str, default="test", choices=["train", "test"])
+    config, datamodule, backbone, projector, device, precision = _setup(parser, args)
+    train_loader, test_loader = datamodule.knn_dataloaders(config.batch_size)
+    loader = test_loader if config.split == "test" else train_loader
+    models = {"backbone": backbone}
+    if projector is not None:
+        models["embedding"] = nn.Sequential(backbone, projector)
+    spectra, summaries = {}, {}
+    for name, model in models.items():
+        features, _ = extract_features(model, loader, device, precision)
+        spectra[name], summaries[name] = covariance_spectrum(features), spectrum_summary(features)
+        s = summaries[name]
+        _say(f"{name:<9} dim {int(s['dim']):5d}  effective rank {s['effective_rank']:8.2f}  RankMe {s['rankme']:8.2f}  "
+             f"condition number {s['condition_number']:.3g}")
+    if _is_main():
+        out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent / "spectrum"
+        png, csv = write_spectra(spectra, out, title=Path(config.checkpoint).name)
+        print(f"wrote {png} and {csv}")
+    return summaries
+
+
+def linear_fast(args: list[str]) -> float:
+    parser = _parser("spectral-ssl linear --fast", "Fast linear evaluation: features of the clean images extracted "
+                     "once, then a linear classifier (Adam, cosine) trained on them for many epochs. The quick "
+                     "number; `spectral-ssl linear` without --fast runs the reportable ImageNet protocol.")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--weight_decay", type=float, default=5e-6)
+    config, datamodule, backbone, _, device, precision = _setup(parser, args)
+    (x_train, y_train), (x_test, y_test), seconds = _features(backbone, datamodule, config.batch_size, device,
+                                                              precision)
+    start = time.perf_counter()
+    top1 = linear_probe(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device),
+                        epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay)
+    _say(f"linear top-1 (fast, cached features, {config.epochs} epochs): {100 * top1:.2f}%   "
+         f"(extraction {seconds:.1f} s, training {time.perf_counter() - start:.1f} s)")
+    return top1
+
+
+def main_guard(command, args: list[str]):
+    try:
+        return command(args)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

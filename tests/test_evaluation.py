@@ -1,0 +1,115 @@
+"""The evaluation commands end to end on a quick-start checkpoint, on the built-in digits and on
+small real CIFAR / ImageFolder instances; evaluation never changes the backbone."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from spectral_ssl.cli import main
+from spectral_ssl.data import DigitsDataModule
+from spectral_ssl.evaluation import extract_features, knn_accuracy
+from spectral_ssl.export import load_encoder
+from test_formats import write_cifar, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_RUN = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.backbone.width=8",
+          "--model.projector_dims=[64,64]", "--data.batch_size=64", "--trainer.max_epochs=2", "--spectrum.every_n_epochs=1",
+          "--output_dir", str(out), "--run_name", "tiny", *FAST_RUN])
+    return out / "tiny" / "checkpoints" / "last.ckpt"
+
+
+def test_pretraining_logs_online_probe_and_spectrum(checkpoint):
+    events = EventAccumulator(str(checkpoint.parents[1]), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("online/top1", "online/train_top1", "knn/top1_5nn_l2", "spectrum/embedding/effective_rank",
+                "spectrum/backbone/rankme", "spectrum/backbone/condition_number"):
+        assert tag in tags["scalars"], tag
+    assert "spectrum" in tags["images"]
+    assert 0.3 < events.Scalars("online/top1")[-1].value <= 1.0  # far above chance (10%) after 44 steps
+
+
+def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
+    results = main(["knn", str(checkpoint)])
+    backbone, _ = load_encoder(checkpoint)
+    bank_loader, test_loader = DigitsDataModule().knn_dataloaders()
+    bank, queries = extract_features(backbone, bank_loader), extract_features(backbone, test_loader)
+    assert results["5-NN L2 (INTL)"] == knn_accuracy(*bank, *queries, k=5, temperature=None, metric="l2",
+                                                     backend="torch")
+    assert results["weighted k=20 T=0.07"] == knn_accuracy(*bank, *queries, k=20, backend="torch")
+    assert set(results) == {"weighted k=20 T=0.07", "weighted k=200 T=0.07", "5-NN L2 (INTL)"}
+    assert "5-NN L2 (INTL)" in capsys.readouterr().out
+
+
+def test_spectrum_command_writes_png_and_csv_with_the_exact_eigenvalues(checkpoint, tmp_path):
+    summaries = main(["spectrum", str(checkpoint), "--out", str(tmp_path)])
+    assert (tmp_path / "spectrum.png").stat().st_size > 1000
+    with open(tmp_path / "spectrum.csv") as f:
+        rows = list(csv.DictReader(f))
+    backbone, projector = load_encoder(checkpoint)
+    _, test_loader = DigitsDataModule().knn_dataloaders()
+    features, _ = extract_features(torch.nn.Sequential(backbone, projector), test_loader)
+    expected = np.sort(np.linalg.eigvalsh(np.cov(features.double().numpy().T)))[::-1]
+    got = np.array([float(r["embedding"]) for r in rows])
+    np.testing.assert_allclose(got, np.clip(expected, 0, None), rtol=1e-6, atol=1e-9 * expected[0])
+    assert 1 <= summaries["backbone"]["effective_rank"] <= summaries["backbone"]["dim"]
+
+
+def test_linear_fast_and_protocol(checkpoint, tmp_path, capsys):
+    top1 = main(["linear", str(checkpoint), "--fast", "--epochs=30"])
+    assert 0.7 < top1 <= 1.0
+    cli = main(["linear", str(checkpoint), "--trainer.max_epochs=2", "--model.lr=0.5", "--data.batch_size=64",
+                "--model.milestones=[1]", "--output_dir", str(tmp_path), "--run_name", "linear", *FAST_RUN])
+    metrics = cli.metrics
+    assert 0.3 < metrics["linear/top1"] <= metrics["linear/top5"] <= 1.0
+    assert "linear top-1" in capsys.readouterr().out
+    assert (tmp_path / "linear" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):
+    from lightning import Trainer
+
+    from spectral_ssl.cli import LinearEvaluationData
+    from spectral_ssl.evaluation import LinearClassifier, spectrum_summary
+
+    backbone, _ = load_encoder(checkpoint)
+    backbone.train()  # even a backbone left in training mode
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    data = DigitsDataModule(batch_size=64)
+    features, _ = extract_features(backbone, data.knn_dataloaders()[0])  # kNN and spectrum extraction
+    spectrum_summary(features)
+    model = LinearClassifier(str(checkpoint))
+    Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            default_root_dir=str(tmp_path)).fit(model, datamodule=LinearEvaluationData(data))
+    after_linear = model.backbone.state_dict()
+    for name, value in before.items():
+        assert torch.equal(backbone.state_dict()[name], value), name
+        assert torch.equal(after_linear[name], value), name  # running statistics included
+    assert backbone.training  # its own flag restored
+
+
+def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
+    write_cifar(tmp_path / "cifar", per_batch=8)
+    results = main(["knn", str(checkpoint), "--data=spectral_ssl.data.CIFARDataModule",
+                    f"--data.root={tmp_path / 'cifar'}", "--data.num_workers=0", "--k=[5]"])
+    assert set(results) == {"weighted k=5 T=0.07", "5-NN L2 (INTL)"}
+    write_image_folder(tmp_path / "folder")
+    top1 = main(["linear", str(checkpoint), "--fast", "--epochs=5", "--data=spectral_ssl.data.ImageFolderDataModule",
+                 f"--data.root={tmp_path / 'folder'}", "--data.image_size=32", "--data.eval_resize=32",
+                 "--data.num_workers=0"])
+    assert 0.0 <= top1 <= 1.0
+
+
+def test_missing_dataset_is_a_clear_error(checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match="cifar-10-batches-py"):
+        main(["knn", str(checkpoint), "--data=spectral_ssl.data.CIFARDataModule", f"--data.root={tmp_path}"])
