@@ -66,13 +66,13 @@ def test_stl10_reads_the_column_major_binaries(tmp_path):
     assert len(data.dataset("test", None)) == 3
 
 
-def write_image_folder(root, corrupt=True):
+def write_image_folder(root, corrupt=True, per_class=3):
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("cat", "dog"):
             folder = root / split / cls
             folder.mkdir(parents=True)
-            for i in range(3):
+            for i in range(per_class):
                 pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
     if corrupt:

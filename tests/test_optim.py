@@ -20,12 +20,12 @@ def test_bias_and_norm_parameters_are_excluded_by_module_type():
     assert len(everything["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", "SGD"), ("lars", "Lars")])
+@pytest.mark.parametrize("name, cls", [("sgd", "SGD"), ("lars", "Lars"), ("adam", "Adam")])
 def test_build_optimizer(name, cls):
     optimizer = build_optimizer(nn.Linear(4, 2), OptimizerConfig(name=name), lr=0.5)
     assert type(optimizer).__name__ == cls and optimizer.param_groups[0]["lr"] == 0.5
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
-        build_optimizer(nn.Linear(4, 2), OptimizerConfig(name="adam"), lr=0.5)
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
+        build_optimizer(nn.Linear(4, 2), OptimizerConfig(name="adamw"), lr=0.5)
 
 
 def test_warmup_then_cosine_to_min_ratio():

@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 from .base import SSLDataModule, Split
 from .views import Augmentation, TensorImageDataset
 
-CIFAR_AUGMENTATION = [  # the official INTL CIFAR recipe: no blur, solarize on the second view
-    Augmentation(size=32, scale=(0.2, 1.0)),
-    Augmentation(size=32, scale=(0.2, 1.0), solarize_p=0.2),
+CIFAR_AUGMENTATION = [  # the official INTL CIFAR recipe (also solo-learn's): no blur, solarize on view 1 only
+    Augmentation(size=32, scale=(0.08, 1.0)),
+    Augmentation(size=32, scale=(0.08, 1.0), solarize_p=0.2),
 ]
 
 
