@@ -113,3 +113,20 @@ def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
 def test_missing_dataset_is_a_clear_error(checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="cifar-10-batches-py"):
         main(["knn", str(checkpoint), "--data=spectral_ssl.data.CIFARDataModule", f"--data.root={tmp_path}"])
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10", "cifar100", "imagenet100", "imagenet"])
+def test_linear_configs_run(checkpoint, tmp_path, name):
+    """Each linear-evaluation config parses and runs a step (tiny data of its real format, one CPU device)."""
+    config = ROOT / "configs" / "linear" / f"{name}.yaml"
+    root = tmp_path / "data"
+    if "cifar" in name:
+        write_cifar(root, int(name[5:]), per_batch=4)
+    elif "imagenet" in name:
+        write_image_folder(root, corrupt=False)
+    data_root = [] if name == "digits" else [f"--data.init_args.root={root}", "--data.init_args.num_workers=0"]
+    cli = main(["linear", str(checkpoint), "--config", str(config), *data_root, "--data.init_args.batch_size=4",
+                "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
+                "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                "--trainer.limit_val_batches=1", "--output_dir", str(tmp_path), *FAST_RUN])
+    assert cli.trainer.global_step == 1 and 0.0 <= cli.metrics["linear/top1"] <= 1.0

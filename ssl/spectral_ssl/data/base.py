@@ -63,10 +63,11 @@ class SSLDataModule(L.LightningDataModule):
     image_size: int
 
     def __init__(self, batch_size: int = 256, num_workers: int = 4, num_views: int = 2,
-                 augment: Augmentation | list[Augmentation] = Augmentation(), seed: int = 0) -> None:
+                 augment: Augmentation | list[Augmentation] = Augmentation(), seed: int = 0,
+                 augment_on_device: bool = False) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
-        self.augment = augment
+        self.augment, self.augment_on_device = augment, augment_on_device
         self.skipped: list[str] = []
 
     # --- what a dataset implements ------------------------------------------------------------
@@ -75,10 +76,18 @@ class SSLDataModule(L.LightningDataModule):
         labelled ones), returning ``transform(image), label``; indexable by ``(index, seed)``."""
         raise NotImplementedError
 
+    def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
+        """The whole pretraining split as one uint8 (N, 3, H, W) tensor and its labels (-1 where
+        unlabeled), for ``augment_on_device`` (datasets held in memory implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot hold its images on the device; "
+                                  "set data.augment_on_device=false")
+
     # --- transforms --------------------------------------------------------------------------
+    def view_recipes(self) -> list[Augmentation]:
+        return list(self.augment) if isinstance(self.augment, (list, tuple)) else [self.augment] * self.num_views
+
     def view_transforms(self) -> list[Callable]:
-        recipes = self.augment if isinstance(self.augment, (list, tuple)) else [self.augment] * self.num_views
-        return [recipe.build(self.mean, self.std) for recipe in recipes]
+        return [recipe.build(self.mean, self.std) for recipe in self.view_recipes()]
 
     def eval_transform(self) -> Callable:
         return Normalize(self.mean, self.std)
@@ -99,8 +108,34 @@ class SSLDataModule(L.LightningDataModule):
                           collate_fn=collate_skipping, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
+        if self.augment_on_device:  # the loader yields image indices; the images wait on the device
+            dataset: Dataset = _Indices(self.pretrain_tensors()[1])
+        else:
+            dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``augment_on_device``: the training batch (indices) becomes V views made on the device,
+        from the uint8 set kept there, with per-image random parameters (:class:`BatchAugmentation`).
+        The generator is seeded by (seed, epoch, batch number), so a resumed run sees the same views."""
+        trainer = self.trainer
+        if not self.augment_on_device or trainer is None or not trainer.training:
+            return batch
+        indices, labels = batch
+        device = indices.device
+        if getattr(self, "_resident", None) is None or self._resident.device != device:
+            from .device_augment import BatchAugmentation
+
+            self._resident = self.pretrain_tensors()[0].to(device)
+            self._device_views = [BatchAugmentation(r, self.mean, self.std).to(device) for r in self.view_recipes()]
+        epoch = trainer.current_epoch
+        if getattr(self, "_batch_epoch", None) != epoch:
+            self._batch_epoch, self._batch_number = epoch, 0
+        generator = torch.Generator(device).manual_seed(
+            ((self.seed * 1_000_003 + epoch) * 1_000_003 + self._batch_number) % (2**63 - 1))
+        self._batch_number += 1
+        images = self._resident[indices]
+        return [augment(images, generator) for augment in self._device_views], labels
 
     def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
         """Clean (un-augmented, normalized) labelled train images, for a kNN bank or cached linear
@@ -145,3 +180,17 @@ class SkippedImagesReport(L.Callback):
             log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", trainer.current_epoch, len(skipped),
                         ", ".join(skipped[:3]))
         pl_module.log("data/skipped", float(len(skipped)), reduce_fx="sum", sync_dist=True)
+
+
+class _Indices(Dataset):
+    """Yields (index, label): the training batches of ``augment_on_device`` carry no pixels."""
+
+    def __init__(self, labels: Tensor) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return index, int(self.labels[index])

@@ -24,8 +24,9 @@ class DigitsDataModule(SSLDataModule):
 
     def __init__(self, batch_size: int = 256, num_workers: int = 0, test_size: int = 360, image_size: int = 16,
                  num_views: int = 2, augment: Augmentation | list[Augmentation] = DIGITS_AUGMENTATION,
-                 seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+                 seed: int = 0, augment_on_device: bool = False) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
+                         augment_on_device=augment_on_device)
         self.test_size, self.image_size = test_size, image_size
         self.num_classes = 10
 
@@ -46,6 +47,10 @@ class DigitsDataModule(SSLDataModule):
         self.test_images, self.test_labels = images[test_idx], labels[test_idx]
         pixels = self.train_images.float().div(255)
         self.mean, self.std = [pixels.mean().item()] * 3, [pixels.std().item()] * 3
+
+    def pretrain_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.setup()
+        return self.train_images, self.train_labels
 
     def dataset(self, split: Split, transform: Callable | None) -> TensorImageDataset:
         self.setup()

@@ -38,6 +38,11 @@ class TensorSetDataModule(SSLDataModule):
         images, labels = self.splits["train" if split == "pretrain" else split]
         return TensorImageDataset(images, labels, transform)
 
+    def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
+        self.setup()
+        parts = ("train", "unlabeled") if "unlabeled" in self.split_names else ("train",)
+        return torch.cat([self.splits[p][0] for p in parts]), torch.cat([self.splits[p][1] for p in parts])
+
 
 def _missing(name: str, root: Path, expected: list[Path], url: str) -> FileNotFoundError:
     missing = [str(p) for p in expected if not p.exists()]
@@ -59,8 +64,9 @@ class CIFARDataModule(TensorSetDataModule):
 
     def __init__(self, root: str = "data", num_classes: int = 10, download: bool = False,
                  augment: Augmentation | list[Augmentation] = CIFAR_AUGMENTATION, batch_size: int = 256,
-                 num_workers: int = 4, num_views: int = 2, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+                 num_workers: int = 4, num_views: int = 2, seed: int = 0, augment_on_device: bool = False) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
+                         augment_on_device=augment_on_device)
         if num_classes not in self.STATS:
             raise ValueError(f"CIFAR has 10 or 100 classes, not {num_classes}")
         self.root, self.num_classes, self.download = Path(root), num_classes, download
@@ -107,10 +113,12 @@ class STL10DataModule(TensorSetDataModule):
 
     def __init__(self, root: str = "data", download: bool = False, image_size: int = 96,
                  augment: Augmentation | list[Augmentation] | None = None, batch_size: int = 256,
-                 num_workers: int = 4, num_views: int = 2, seed: int = 0, use_unlabeled: bool = True) -> None:
+                 num_workers: int = 4, num_views: int = 2, seed: int = 0, use_unlabeled: bool = True,
+                 augment_on_device: bool = False) -> None:
         augment = augment or [Augmentation(size=image_size, blur_p=1.0), Augmentation(size=image_size, blur_p=0.1,
                                                                                           solarize_p=0.2)]
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
+                         augment_on_device=augment_on_device)
         self.root, self.download, self.image_size, self.use_unlabeled = Path(root), download, image_size, use_unlabeled
         self.num_classes = 10
         self.mean, self.std = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
