@@ -44,16 +44,19 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``model``'s trainable parameters; SGD and Adam use torch's
+    fused CUDA kernels when every parameter is on a GPU."""
     groups = parameter_groups(model, config.weight_decay, config.exclude_bias_and_norm)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, fused=fused)
     if config.name == "lars":
         from timm.optim import Lars
 
         # timm's LARS adapts only groups whose weight decay is non-zero (always_adapt=False).
         return Lars(groups, lr=lr, momentum=config.momentum)
     if config.name == "adam":  # W-MSE's optimizer; weight decay as L2 in the gradient, as in its code
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
 
 

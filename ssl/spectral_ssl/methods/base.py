@@ -6,6 +6,7 @@ import dataclasses
 from typing import Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import Tensor
 
@@ -14,6 +15,22 @@ from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
 from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
 from .momentum import MomentumTarget, cosine_momentum
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedOptions:
+    """How the training step runs (results are the same up to floating-point rounding).
+
+    ``channels_last``: NHWC memory format for the backbone and its inputs (the fast layout for
+    convolutions in bf16 on GPUs). ``compile``: ``torch.compile`` of backbone and projector in
+    place (parameter names, checkpoints and export unchanged); where compilation fails (no
+    compiler on the machine, an unsupported op) the run says so once and continues eagerly.
+    Mixed precision is the trainer's: ``--trainer.precision=bf16-mixed`` (whitening, trace
+    loss and the other losses always run in float32).
+    """
+
+    channels_last: bool = False
+    compile: bool = False
 
 
 def _config(cls, value):
@@ -37,14 +54,16 @@ class SSLMethod(L.LightningModule):
     """
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), projector_dims: Sequence[int] = (2048, 2048, 2048),
-                 optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all") -> None:
+                 optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all",
+                 speed: SpeedOptions = SpeedOptions()) -> None:
         super().__init__()
         backbone, optimizer = _config(BackboneConfig, backbone), _config(OptimizerConfig, optimizer)
+        self.speed = _config(SpeedOptions, speed)
         if len(projector_dims) < 1:
             raise ValueError("projector_dims needs at least the embedding width")
         self.save_hyperparameters()
         self.hparams.update(backbone=dataclasses.asdict(backbone), optimizer=dataclasses.asdict(optimizer),
-                            projector_dims=list(projector_dims))
+                            projector_dims=list(projector_dims), speed=dataclasses.asdict(self.speed))
         self.optimizer_config = optimizer
         self.backbone = backbone.build()
         self.projector = Projector(self.backbone.num_features, projector_dims[:-1], projector_dims[-1])
@@ -77,9 +96,33 @@ class SSLMethod(L.LightningModule):
         """Backbone features (what evaluation and export use)."""
         return self.backbone(images)
 
+    def configure_model(self) -> None:
+        if self.speed.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if self.speed.compile and not getattr(self, "_compiled", False):
+            self.backbone.compile()
+            self.projector.compile()
+            self._compiled = True
+
     def embed(self, views: Sequence[Tensor]) -> list[Tensor]:
         """Projector outputs of each view (views may differ in resolution)."""
-        return [self.projector(self.backbone(v)) for v in views]
+        if self.speed.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        try:
+            return [self.projector(self.backbone(v)) for v in views]
+        except torch._dynamo.exc.TorchDynamoException as error:  # compile errors, inductor's included
+            if not getattr(self, "_compiled", False):
+                raise
+            self._uncompile(error)
+            return [self.projector(self.backbone(v)) for v in views]
+
+    def _uncompile(self, error: Exception) -> None:
+        message = str(error).strip().splitlines()
+        rank_zero_warn(f"torch.compile is unavailable here ({type(error).__name__}: {message[0] if message else ''}); "
+                       "continuing without compilation (set model.speed.compile=false to skip the attempt)")
+        for module in (self.backbone, self.projector):
+            module._compiled_call_impl = None
+        self._compiled = False
 
     def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
         """Returns {"loss": scalar, **parts to log}: by default ``self.criterion`` (a loss module
