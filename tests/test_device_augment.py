@@ -119,3 +119,27 @@ def test_device_path_trains_deterministically_on_the_cpu():
     assert torch.isfinite(first).all()
     assert torch.equal(first, run())
     assert math.isfinite(float(first.sum()))
+
+
+def test_image_folder_decodes_on_the_device_and_skips_a_corrupt_file(tmp_path, caplog):
+    """Workers read bytes; decoding (batched, libjpeg-turbo here, nvJPEG on a GPU) and the views
+    happen on the training device; the corrupt file is dropped with its label and counted."""
+    from lightning import Trainer
+
+    from spectral_ssl.data import ImageFolderDataModule
+    from spectral_ssl.methods import INTL
+    from spectral_ssl.models import BackboneConfig
+    from test_formats import write_image_folder
+
+    write_image_folder(tmp_path, per_class=4)  # 8 JPEGs + 1 corrupt in train/
+    data = ImageFolderDataModule(root=str(tmp_path), augment=Augmentation(size=24, blur_p=0.5, solarize_p=0.2),
+                                 batch_size=9, num_workers=0, augment_on_device=True, image_size=24, eval_resize=28)
+    model = INTL(backbone=BackboneConfig(cifar_stem=True, width=4), projector_dims=[16, 16], trace_weight=0.05)
+    seen = []
+    model.on_train_batch_start = lambda batch, batch_idx: seen.append(batch)
+    with caplog.at_level("WARNING"):
+        Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(model,
+                                                                                                    datamodule=data)
+    (views, labels), = seen
+    assert [v.shape for v in views] == [(8, 3, 24, 24)] * 2 and labels.tolist().count(1) == 4
+    assert "skipped 1 unreadable image(s), e.g. " in caplog.text and "broken.JPEG" in caplog.text  # epoch's end

@@ -130,3 +130,13 @@ def test_linear_configs_run(checkpoint, tmp_path, name):
                 "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                 "--trainer.limit_val_batches=1", "--output_dir", str(tmp_path), *FAST_RUN])
     assert cli.trainer.global_step == 1 and 0.0 <= cli.metrics["linear/top1"] <= 1.0
+
+
+def test_bf16_extraction_is_close_to_fp32(checkpoint):
+    backbone, _ = load_encoder(checkpoint)
+    loader = DigitsDataModule().knn_dataloaders(batch_size=128)[1]
+    full, labels = extract_features(backbone, loader)
+    half, same_labels = extract_features(backbone, loader, precision=torch.bfloat16)
+    assert half.dtype == torch.float32 and torch.equal(labels, same_labels)
+    cosine = torch.nn.functional.cosine_similarity(full, half, dim=1)
+    assert cosine.min() > 0.99

@@ -98,14 +98,15 @@ class SSLDataModule(L.LightningDataModule):
         return recipe.build(self.mean, self.std)
 
     # --- loaders -----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                collate_fn: Callable = collate_skipping) -> DataLoader:
         trainer = self.trainer
         sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
                                      rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=self.seed,
                                      drop_last=drop_last)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=collate_skipping, pin_memory=torch.cuda.is_available())
+                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         if self.augment_on_device:  # the loader yields image indices; the images wait on the device
@@ -121,21 +122,26 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
         if not self.augment_on_device or trainer is None or not trainer.training:
             return batch
-        indices, labels = batch
-        device = indices.device
-        if getattr(self, "_resident", None) is None or self._resident.device != device:
+        data, labels = batch
+        device = labels.device
+        if getattr(self, "_device_views", None) is None or self._device_views[0].mean.device != device:
             from .device_augment import BatchAugmentation
 
-            self._resident = self.pretrain_tensors()[0].to(device)
             self._device_views = [BatchAugmentation(r, self.mean, self.std).to(device) for r in self.view_recipes()]
+        images = self.device_images(data, device)
         epoch = trainer.current_epoch
         if getattr(self, "_batch_epoch", None) != epoch:
             self._batch_epoch, self._batch_number = epoch, 0
         generator = torch.Generator(device).manual_seed(
             ((self.seed * 1_000_003 + epoch) * 1_000_003 + self._batch_number) % (2**63 - 1))
         self._batch_number += 1
-        images = self._resident[indices]
         return [augment(images, generator) for augment in self._device_views], labels
+
+    def device_images(self, indices: Tensor, device: torch.device) -> Tensor:
+        """The images of a training batch on the device (here: picked from the resident set)."""
+        if getattr(self, "_resident", None) is None or self._resident.device != device:
+            self._resident = self.pretrain_tensors()[0].to(device)
+        return self._resident[indices]
 
     def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
         """Clean (un-augmented, normalized) labelled train images, for a kNN bank or cached linear

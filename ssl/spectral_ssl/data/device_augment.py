@@ -1,5 +1,7 @@
 """The SSL augmentation recipe applied to a whole batch at once, on whatever device the batch is
-on (the GPU in training, the CPU in tests), with independent random parameters per image.
+on (the GPU in training, the CPU in tests), with independent random parameters per image. The
+batch is a uint8 tensor (in-memory datasets) or a list of images of different sizes (JPEGs
+decoded on the device): only the crop then runs image by image.
 
 It draws its parameters from the same distributions as :class:`~spectral_ssl.data.Augmentation`'s
 torchvision pipeline (checked against torchvision's own parameter samplers in the tests):
@@ -32,31 +34,28 @@ def _uniform(low: float, high: float, n: int, generator, device) -> Tensor:
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
 
-def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], generator=None, device="cpu",
+def sample_crops(n: int, height, width, scale: tuple[float, float], generator=None, device="cpu",
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> Tensor:
-    """(n, 4) crop boxes (top, left, h, w) drawn as torchvision's RandomResizedCrop.get_params."""
-    area = height * width
-    target = area * _uniform(*scale, n * tries, generator, device).view(n, tries)
+    """(n, 4) crop boxes (top, left, h, w) drawn as torchvision's RandomResizedCrop.get_params;
+    ``height`` and ``width`` are numbers or (n,) tensors (images of different sizes)."""
+    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)[:, None]
+    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)[:, None]
+    target = height * width * _uniform(*scale, n * tries, generator, device).view(n, tries)
     aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), n * tries, generator, device)).view(n, tries)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.float().argmax(1)  # the first valid try (0 when none; replaced below)
-    w, h = w.gather(1, first[:, None])[:, 0], h.gather(1, first[:, None])[:, 0]
+    first = valid.float().argmax(1, keepdim=True)  # the first valid try (0 when none; replaced below)
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], valid.any(1)
+    height, width = height[:, 0], width[:, 0]
     # fallback: the largest centred crop with the aspect ratio clamped to ``ratio``
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
-    else:
-        fw, fh = width, height
-    found = valid.any(1)
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
+    fw = torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width)
+    fh = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
     u = torch.rand(n, 2, generator=generator, device=device)
-    top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2))
-    left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2))
+    top = torch.where(found, torch.floor(u[:, 0] * (height - h + 1)), torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, torch.floor(u[:, 1] * (width - w + 1)), torch.div(width - w, 2, rounding_mode="floor"))
     return torch.stack([top, left, h, w], 1)
 
 
@@ -143,11 +142,23 @@ class BatchAugmentation(nn.Module):
     def _mask(self, p: float, n: int, generator, device) -> Tensor:
         return torch.rand(n, generator=generator, device=device) < p
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        r, device, n = self.recipe, images.device, images.shape[0]
-        x = images.float().div(255)
-        boxes = sample_crops(n, x.shape[2], x.shape[3], r.scale, generator, device)
-        x = crop_resize_flip(x, boxes, self._mask(r.flip_p, n, generator, device), r.size).clamp(0, 1)
+    def forward(self, images: Tensor | list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """``images``: a uint8 (N, 3, H, W) batch, or a list of uint8 (3, H_i, W_i) images of
+        different sizes (decoded JPEGs), all on one device."""
+        r = self.recipe
+        if isinstance(images, Tensor):
+            device, n = images.device, images.shape[0]
+            boxes = sample_crops(n, images.shape[2], images.shape[3], r.scale, generator, device)
+            flips = self._mask(r.flip_p, n, generator, device)
+            x = crop_resize_flip(images.float().div(255), boxes, flips, r.size)
+        else:
+            device, n = images[0].device, len(images)
+            sizes = torch.tensor([image.shape[1:] for image in images], device=device)
+            boxes = sample_crops(n, sizes[:, 0], sizes[:, 1], r.scale, generator, device)
+            flips = self._mask(r.flip_p, n, generator, device)
+            x = torch.cat([crop_resize_flip(image[None].float().div(255), boxes[i:i + 1], flips[i:i + 1], r.size)
+                           for i, image in enumerate(images)])
+        x = x.clamp(0, 1)
         if r.jitter_p > 0:
             x = self.color_jitter(x, self._mask(r.jitter_p, n, generator, device), generator)
         if r.grayscale_p > 0:

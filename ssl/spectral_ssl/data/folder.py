@@ -9,11 +9,11 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from .base import Normalize, Skipped, SSLDataModule, Split
-from .views import Augmentation
+from .views import Augmentation, apply_seeded
 
 log = logging.getLogger(__name__)
 OnCorrupt = Literal["skip", "raise"]
@@ -52,13 +52,55 @@ class ImageFileDataset(Dataset):
                                            "unreadable files)") from error
             log.warning("skipping unreadable image %s: %s", path, error)
             return Skipped(path)
-        if self.transform is None:
-            return image, label
-        if seed is None:
-            return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), label
+        return apply_seeded(self.transform, image, seed), label
+
+
+class EncodedImageDataset(Dataset):
+    """(file bytes, label, path) of (path, label) samples, for decoding on the device; indexable
+    by ``i`` or ``(i, seed)``. A file that cannot be read is returned as :class:`Skipped`."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        path, label = self.samples[key[0] if isinstance(key, tuple) else key]
+        try:
+            return read_file(path), label, path
+        except (RuntimeError, OSError) as error:
+            log.warning("skipping unreadable image %s: %s", path, error)
+            return Skipped(path)
+
+
+def collate_encoded(samples: list) -> tuple:
+    """((list of byte tensors, paths), labels, skipped paths): byte strings differ in length."""
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    data = ([s[0] for s in good], [s[2] for s in good])
+    return data, torch.tensor([s[1] for s in good], dtype=torch.long), [s.path for s in samples if isinstance(s, Skipped)]
+
+
+def decode_images(encoded: list[torch.Tensor], paths: list[str], device: torch.device,
+                  on_corrupt: OnCorrupt = "skip") -> tuple[list[torch.Tensor], list[int]]:
+    """Decode file bytes to uint8 RGB images on ``device`` (nvJPEG on CUDA, one batched call;
+    libjpeg-turbo on the CPU); files the batched JPEG decoder refuses (PNG, corrupt ones) are
+    retried one by one. Returns the images and the positions that decoded."""
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)), list(range(len(encoded)))
+    except RuntimeError:
+        pass
+    images, kept = [], []
+    for i, (data, path) in enumerate(zip(encoded, paths)):
+        try:
+            images.append(decode_image(data, mode=ImageReadMode.RGB).to(device))
+            kept.append(i)
+        except (RuntimeError, ValueError) as error:
+            if on_corrupt == "raise":
+                raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
+                                           "unreadable files)") from error
+            log.warning("skipping unreadable image %s: %s", path, error)
+    return images, kept
 
 
 class ImageFolderDataModule(SSLDataModule):
@@ -66,6 +108,9 @@ class ImageFolderDataModule(SSLDataModule):
     (ImageNet's usual layout after the validation images are sorted into class folders).
     ``classes``: use only these class folders (e.g. the ImageNet-100 list); by default all.
     Evaluation resizes to ``eval_resize`` then centre-crops ``image_size`` (256 -> 224).
+    ``augment_on_device``: DataLoader workers only read the files; the JPEGs are decoded on the
+    training device in one batched call (nvJPEG on a GPU) and the views made there
+    (:class:`~spectral_ssl.data.device_augment.BatchAugmentation`).
     """
 
     def __init__(self, root: str = "data/imagenet", train_dir: str = "train", val_dir: str = "val",
@@ -73,8 +118,9 @@ class ImageFolderDataModule(SSLDataModule):
                  augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  on_corrupt: OnCorrupt = "skip", batch_size: int = 256, num_workers: int = 8, num_views: int = 2,
-                 seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+                 seed: int = 0, augment_on_device: bool = False) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
+                         augment_on_device=augment_on_device)
         self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
         self.image_size, self.eval_resize, self.on_corrupt = image_size, eval_resize, on_corrupt
         self.mean, self.std = tuple(mean), tuple(std)
@@ -112,3 +158,23 @@ class ImageFolderDataModule(SSLDataModule):
     def eval_transform(self) -> Callable:
         return v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.CenterCrop(self.image_size),
                            Normalize(self.mean, self.std)])
+
+    def train_dataloader(self):
+        if not self.augment_on_device:
+            return super().train_dataloader()
+        self.setup()
+        return self._loader(EncodedImageDataset(self.samples["train"]), self.batch_size, shuffle=True, drop_last=True,
+                            collate_fn=collate_encoded)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        data, labels = batch
+        if not (self.augment_on_device and isinstance(data, tuple)):
+            return batch
+        (encoded, paths), device = data, self.trainer.strategy.root_device
+        images, kept = decode_images(encoded, paths, device, self.on_corrupt)
+        self.skipped += [paths[i] for i in sorted(set(range(len(paths))) - set(kept))]
+        return images, labels[kept]
+
+    def device_images(self, images, device):
+        return images  # already decoded on the device (on_before_batch_transfer)

@@ -82,14 +82,19 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, label = self.images[index], int(self.labels[index])
-        if self.transform is None:
-            return image, label
-        if seed is None:
-            return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), label
+        return apply_seeded(self.transform, self.images[index], seed), int(self.labels[index])
+
+
+def apply_seeded(transform: Callable | None, image, seed: int | None):
+    """``transform(image)`` (the image itself when there is none), under RNG seed ``seed`` when
+    one is given (the global RNG is left as it was), else under the global RNG."""
+    if transform is None:
+        return image
+    if seed is None:
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
 
 
 class SeededEpochSampler(DistributedSampler):

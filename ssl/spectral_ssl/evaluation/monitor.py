@@ -25,6 +25,13 @@ def _require(datamodule, method: str, who: str):
         raise TypeError(f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none")
 
 
+def _held_out_features(trainer: L.Trainer, model, device, who: str):
+    """(features, labels) of the datamodule's clean held-out images through ``model``."""
+    _require(trainer.datamodule, "knn_dataloaders", who)
+    _, loader = trainer.datamodule.knn_dataloaders()
+    return extract_features(model, loader, device)
+
+
 class KNNMonitor(L.Callback):
     """kNN top-1 of the backbone's features on the datamodule's held-out images, in both protocols:
     weighted (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN
@@ -92,10 +99,9 @@ class SpectrumMonitor(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        _require(trainer.datamodule, "knn_dataloaders", "SpectrumMonitor")
-        _, loader = trainer.datamodule.knn_dataloaders()
-        features, _ = extract_features(pl_module.backbone, loader, pl_module.device)
-        embedding, _ = extract_features(nn.Sequential(pl_module.backbone, pl_module.projector), loader, pl_module.device)
+        features, _ = _held_out_features(trainer, pl_module.backbone, pl_module.device, "SpectrumMonitor")
+        embedding, _ = _held_out_features(trainer, nn.Sequential(pl_module.backbone, pl_module.projector),
+                                          pl_module.device, "SpectrumMonitor")
         spectra = {}
         for name, values in (("backbone", features), ("embedding", embedding)):
             for key, value in spectrum_summary(values).items():
@@ -165,9 +171,7 @@ class OnlineLinearProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        _require(trainer.datamodule, "knn_dataloaders", "OnlineLinearProbe")
-        _, loader = trainer.datamodule.knn_dataloaders()
-        features, labels = extract_features(pl_module.backbone, loader, pl_module.device)
+        features, labels = _held_out_features(trainer, pl_module.backbone, pl_module.device, "OnlineLinearProbe")
         with torch.no_grad():
             predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
         self.top1 = (predictions == labels).float().mean().item()
