@@ -140,3 +140,13 @@ def test_bf16_extraction_is_close_to_fp32(checkpoint):
     assert half.dtype == torch.float32 and torch.equal(labels, same_labels)
     cosine = torch.nn.functional.cosine_similarity(full, half, dim=1)
     assert cosine.min() > 0.99
+
+
+def test_console_command_exits_zero_and_prints_only_its_report(checkpoint):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "spectral_ssl", "knn", str(checkpoint), "--k=[20]"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "5-NN L2 (INTL)" in result.stdout and "{" not in result.stdout  # no returned dict echoed

@@ -194,6 +194,7 @@ def run_pipeline(args) -> str:
                     yield [augment(chosen, device_generator) for augment in augments]
 
     ours = seconds_per_step(device_batches(), step, device, steps)
+    ours_data = seconds_per_step(device_batches(), lambda views: None, device, 2 * steps)
 
     class PILViews(Dataset):
         def __init__(self):
@@ -220,21 +221,24 @@ def run_pipeline(args) -> str:
                 yield [v.to(device, non_blocking=True) for v in views]
 
     pil = seconds_per_step(pil_batches(), step, device, steps)
+    pil_data = seconds_per_step(pil_batches(), lambda views: None, device, 2 * steps)
     epoch = 50_000 / batch
     rows = [
         f"CIFAR-10 ResNet-18 (width {width}) INTL step, two views of {batch} images, "
         f"{'bf16 + channels_last' if gpu else 'fp32'}, SGD; {device_name(device)}, torch {torch.__version__}, "
         f"{datetime.date.today()}",
         "",
-        "| pipeline | ms / step | images / s | s / CIFAR-10 epoch |",
-        "|---|---|---|---|",
+        "| pipeline | ms / step | images / s | s / CIFAR-10 epoch | data alone, ms / batch of two views |",
+        "|---|---|---|---|---|",
     ]
-    for name, seconds in (("(1) model only (random tensors on the device)", model_only),
-                          ("(2) ours: uint8 set on the device, batched augmentation there", ours),
-                          (f"(3) torchvision PIL + DataLoader ({args.workers} workers)", pil)):
-        rows.append(f"| {name} | {1e3 * seconds:.1f} | {batch / seconds:,.0f} | {epoch * seconds:.2f} |")
+    for name, seconds, data in (("(1) model only (random tensors on the device)", model_only, 0.0),
+                                ("(2) ours: uint8 set on the device, batched augmentation there", ours, ours_data),
+                                (f"(3) torchvision PIL + DataLoader ({args.workers} workers)", pil, pil_data)):
+        rows.append(f"| {name} | {1e3 * seconds:.1f} | {batch / seconds:,.0f} | {epoch * seconds:.2f} "
+                    f"| {1e3 * data:.1f} |")
+    command = " ".join(sys.argv[1:])
     rows += ["", f"(2)/(1) = {ours / model_only:.2f}x the model-only time; (3)/(2) = {pil / ours:.2f}x slower "
-             f"than ours. Command: `python tools/benchmark.py pipeline --workers {args.workers}`"]
+             f"than ours; data alone: (3)/(2) = {pil_data / ours_data:.1f}x. Command: `python tools/benchmark.py {command}`"]
     return "\n".join(rows)
 
 

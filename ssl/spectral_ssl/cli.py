@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .data import UnreadableImageError
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from .methods import SSLMethod
 
@@ -81,7 +82,7 @@ def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainC
         print(f"Resuming from {last} (pass --resume=false to start over)", file=sys.stderr)
     try:
         cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=ckpt_path)
-    except FloatingPointError as error:
+    except (FloatingPointError, FileNotFoundError, UnreadableImageError) as error:  # bad input: say it, no traceback
         sys.exit(f"error: {error}")
     return cli
 
@@ -195,7 +196,13 @@ commands:
 """
 
 
+def entry_point() -> None:
+    """The ``spectral-ssl`` console script: runs :func:`main`, exit status 0 on success."""
+    main()
+
+
 def main(argv: list[str] | None = None):
+    """Runs ``spectral-ssl <command> ...`` and returns what the command returns (its results)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
