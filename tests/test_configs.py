@@ -39,7 +39,7 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
     method = config["model"]["class_path"].rsplit(".", 1)[1]
     args = ["--model.init_args.backbone.width=4", "--data.init_args.num_workers=0", "--trainer.devices=1",
             "--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.precision=32-true",
-            "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+            "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.max_steps=1",
             "--trainer.enable_progress_bar=false", "--knn.every_n_epochs=1", "--spectrum.every_n_epochs=1",
             "--data.init_args.batch_size=12"]
     dims = [16] * (len(model["projector_dims"]) - 1) + [8 if method == "WMSE" else 16]

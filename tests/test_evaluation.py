@@ -127,8 +127,8 @@ def test_linear_configs_run(checkpoint, tmp_path, name):
     data_root = [] if name == "digits" else [f"--data.init_args.root={root}", "--data.init_args.num_workers=0"]
     cli = main(["linear", str(checkpoint), "--config", str(config), *data_root, "--data.init_args.batch_size=4",
                 "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
-                "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                "--trainer.limit_val_batches=1", "--output_dir", str(tmp_path), *FAST_RUN])
+                "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
+                "--trainer.max_steps=1", "--output_dir", str(tmp_path), *FAST_RUN])
     assert cli.trainer.global_step == 1 and 0.0 <= cli.metrics["linear/top1"] <= 1.0
 
 
