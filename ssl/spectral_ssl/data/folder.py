@@ -28,6 +28,16 @@ class UnreadableImageError(RuntimeError):
     """An image file that cannot be decoded, with ``on_corrupt="raise"``."""
 
 
+def _unreadable(path: str, error: Exception, on_corrupt: OnCorrupt) -> Skipped:
+    """What happens to a file that cannot be read or decoded: an error naming it
+    (``on_corrupt="raise"``), or a warning naming it and a :class:`Skipped` marker (``"skip"``)."""
+    if on_corrupt == "raise":
+        raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
+                                   "unreadable files)") from error
+    log.warning("skipping unreadable image %s: %s", path, error)
+    return Skipped(path)
+
+
 class ImageFileDataset(Dataset):
     """(path, label) samples decoded to uint8 RGB tensors, then ``transform``ed; indexable by ``i``
     or ``(i, seed)`` (the transform then runs under that RNG seed). An unreadable file is logged
@@ -47,20 +57,16 @@ class ImageFileDataset(Dataset):
         try:
             image = decode_image(read_file(path), mode=ImageReadMode.RGB)
         except (RuntimeError, OSError, ValueError) as error:
-            if self.on_corrupt == "raise":
-                raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
-                                           "unreadable files)") from error
-            log.warning("skipping unreadable image %s: %s", path, error)
-            return Skipped(path)
+            return _unreadable(path, error, self.on_corrupt)
         return apply_seeded(self.transform, image, seed), label
 
 
 class EncodedImageDataset(Dataset):
     """(file bytes, label, path) of (path, label) samples, for decoding on the device; indexable
-    by ``i`` or ``(i, seed)``. A file that cannot be read is returned as :class:`Skipped`."""
+    by ``i`` or ``(i, seed)``. A file that cannot be read is handled as ``on_corrupt`` says."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
-        self.samples = list(samples)
+    def __init__(self, samples: Sequence[tuple[str, int]], on_corrupt: OnCorrupt = "skip") -> None:
+        self.samples, self.on_corrupt = list(samples), on_corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -70,8 +76,7 @@ class EncodedImageDataset(Dataset):
         try:
             return read_file(path), label, path
         except (RuntimeError, OSError) as error:
-            log.warning("skipping unreadable image %s: %s", path, error)
-            return Skipped(path)
+            return _unreadable(path, error, self.on_corrupt)
 
 
 def collate_encoded(samples: list) -> tuple:
@@ -96,10 +101,7 @@ def decode_images(encoded: list[torch.Tensor], paths: list[str], device: torch.d
             images.append(decode_image(data, mode=ImageReadMode.RGB).to(device))
             kept.append(i)
         except (RuntimeError, ValueError) as error:
-            if on_corrupt == "raise":
-                raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
-                                           "unreadable files)") from error
-            log.warning("skipping unreadable image %s: %s", path, error)
+            _unreadable(path, error, on_corrupt)
     return images, kept
 
 
@@ -163,8 +165,8 @@ class ImageFolderDataModule(SSLDataModule):
         if not self.augment_on_device:
             return super().train_dataloader()
         self.setup()
-        return self._loader(EncodedImageDataset(self.samples["train"]), self.batch_size, shuffle=True, drop_last=True,
-                            collate_fn=collate_encoded)
+        return self._loader(EncodedImageDataset(self.samples["train"], self.on_corrupt), self.batch_size, shuffle=True,
+                            drop_last=True, collate_fn=collate_encoded)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         batch = super().on_before_batch_transfer(batch, dataloader_idx)
