@@ -150,8 +150,9 @@ def linear(args: list[str]):
     if args and not args[0].startswith("-"):  # the checkpoint as the first argument
         args = [f"--model.checkpoint={args[0]}", *args[1:]]
     cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False)
-    _fit(cli, LinearEvaluationData(cli.datamodule))
-    metrics = cli.trainer.validate(cli.model, datamodule=LinearEvaluationData(cli.datamodule), verbose=False)[0]
+    data = LinearEvaluationData(cli.datamodule)
+    _fit(cli, data)
+    metrics = cli.trainer.validate(cli.model, datamodule=data, verbose=False)[0]
     if cli.trainer.is_global_zero:
         print(f"linear top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
               f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)")

@@ -20,7 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import nn
 
 from .data import SSLDataModule
-from .evaluation import (PROTOCOLS, covariance_spectrum, extract_features, knn_accuracy, linear_probe,
+from .evaluation import (PROTOCOLS, apply_in_batches, covariance_spectrum, extract_features, knn_accuracy, linear_probe,
                          spectrum_summary, write_spectra)
 from .export import load_encoder
 
@@ -102,13 +102,12 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
     config, datamodule, backbone, projector, device, precision = _setup(parser, args)
     train_loader, test_loader = datamodule.knn_dataloaders(config.batch_size)
     loader = test_loader if config.split == "test" else train_loader
-    models = {"backbone": backbone}
+    features = {"backbone": extract_features(backbone, loader, device, precision)[0]}
     if projector is not None:
-        models["embedding"] = nn.Sequential(backbone, projector)
+        features["embedding"] = apply_in_batches(projector, features["backbone"], device)
     spectra, summaries = {}, {}
-    for name, model in models.items():
-        features, _ = extract_features(model, loader, device, precision)
-        spectra[name], summaries[name] = covariance_spectrum(features), spectrum_summary(features)
+    for name, values in features.items():
+        spectra[name], summaries[name] = covariance_spectrum(values), spectrum_summary(values)
         s = summaries[name]
         _say(f"{name:<9} dim {int(s['dim']):5d}  effective rank {s['effective_rank']:8.2f}  RankMe {s['rankme']:8.2f}  "
              f"condition number {s['condition_number']:.3g}")

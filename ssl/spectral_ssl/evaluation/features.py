@@ -99,3 +99,12 @@ def extract_features(model: Callable[[Tensor], Tensor], loader, device: torch.de
     unique, inverse = torch.unique(index, return_inverse=True)  # unique is sorted
     first = torch.full((len(unique),), len(index)).scatter_reduce(0, inverse, torch.arange(len(index)), reduce="amin")
     return features[first], labels[first]
+
+
+@torch.no_grad()
+def apply_in_batches(module: nn.Module, features: Tensor, device: torch.device | str = "cpu",
+                     batch_size: int = 4096) -> Tensor:
+    """``module`` (e.g. the projector) over already extracted (N, D) features in eval mode, batch
+    by batch, so that a second head costs no second pass of the backbone; float32 on CPU."""
+    with evaluating(module):
+        return torch.cat([module(chunk.to(device)).float().cpu() for chunk in features.split(batch_size)])

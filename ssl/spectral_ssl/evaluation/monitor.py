@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import world_size
-from .features import extract_features
+from .features import apply_in_batches, extract_features
 from .knn import knn_accuracy
 from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary
 
@@ -100,8 +100,7 @@ class SpectrumMonitor(L.Callback):
         if not _every(trainer, self.every_n_epochs):
             return
         features, _ = _held_out_features(trainer, pl_module.backbone, pl_module.device, "SpectrumMonitor")
-        embedding, _ = _held_out_features(trainer, nn.Sequential(pl_module.backbone, pl_module.projector),
-                                          pl_module.device, "SpectrumMonitor")
+        embedding = apply_in_batches(pl_module.projector, features, pl_module.device)
         spectra = {}
         for name, values in (("backbone", features), ("embedding", embedding)):
             for key, value in spectrum_summary(values).items():
