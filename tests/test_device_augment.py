@@ -123,7 +123,8 @@ def test_device_path_trains_deterministically_on_the_cpu():
 
 def test_image_folder_decodes_on_the_device_and_skips_a_corrupt_file(tmp_path, caplog):
     """Workers read bytes; decoding (batched, libjpeg-turbo here, nvJPEG on a GPU) and the views
-    happen on the training device; the corrupt file is dropped with its label and counted."""
+    happen on the training device; the corrupt file is dropped with its label and counted. Two
+    real worker processes: the file bytes must cross the process boundary."""
     from lightning import Trainer
 
     from spectral_ssl.data import ImageFolderDataModule
@@ -133,7 +134,7 @@ def test_image_folder_decodes_on_the_device_and_skips_a_corrupt_file(tmp_path, c
 
     write_image_folder(tmp_path, per_class=4)  # 8 JPEGs + 1 corrupt in train/
     data = ImageFolderDataModule(root=str(tmp_path), augment=Augmentation(size=24, blur_p=0.5, solarize_p=0.2),
-                                 batch_size=9, num_workers=0, augment_on_device=True, image_size=24, eval_resize=28)
+                                 batch_size=9, num_workers=2, augment_on_device=True, image_size=24, eval_resize=28)
     model = INTL(backbone=BackboneConfig(cifar_stem=True, width=4), projector_dims=[16, 16], trace_weight=0.05)
     seen = []
     model.on_train_batch_start = lambda batch, batch_idx: seen.append(batch)

@@ -74,7 +74,9 @@ class EncodedImageDataset(Dataset):
     def __getitem__(self, key):
         path, label = self.samples[key[0] if isinstance(key, tuple) else key]
         try:
-            return read_file(path), label, path
+            # a copy: read_file's tensor maps the file, and a mapped storage cannot be sent from a
+            # DataLoader worker (its file descriptor is gone: "Bad file descriptor")
+            return read_file(path).clone(), label, path
         except (RuntimeError, OSError) as error:
             return _unreadable(path, error, self.on_corrupt)
 
