@@ -132,10 +132,10 @@ class SSLDataModule(L.LightningDataModule):
         epoch = trainer.current_epoch
         if getattr(self, "_batch_epoch", None) != epoch:
             self._batch_epoch, self._batch_number = epoch, 0
-        generator = torch.Generator(device).manual_seed(
-            ((self.seed * 1_000_003 + epoch) * 1_000_003 + self._batch_number) % (2**63 - 1))
+        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + self._batch_number) % (2**63 - 1)
+        generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
         self._batch_number += 1
-        return [augment(images, generator) for augment in self._device_views], labels
+        return [augment(images, generator, host_generator) for augment in self._device_views], labels
 
     def device_images(self, indices: Tensor, device: torch.device) -> Tensor:
         """The images of a training batch on the device (here: picked from the resident set)."""

@@ -142,9 +142,12 @@ class BatchAugmentation(nn.Module):
     def _mask(self, p: float, n: int, generator, device) -> Tensor:
         return torch.rand(n, generator=generator, device=device) < p
 
-    def forward(self, images: Tensor | list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, images: Tensor | list[Tensor], generator: torch.Generator | None = None,
+                host_generator: torch.Generator | None = None) -> Tensor:
         """``images``: a uint8 (N, 3, H, W) batch, or a list of uint8 (3, H_i, W_i) images of
-        different sizes (decoded JPEGs), all on one device."""
+        different sizes (decoded JPEGs), all on one device. ``generator`` (on that device) draws
+        the per-image parameters; ``host_generator`` (a CPU generator; default: ``generator`` when
+        that is one) the few choices Python must see, so that nothing waits for the device."""
         r = self.recipe
         if isinstance(images, Tensor):
             device, n = images.device, images.shape[0]
@@ -160,7 +163,9 @@ class BatchAugmentation(nn.Module):
                            for i, image in enumerate(images)])
         x = x.clamp(0, 1)
         if r.jitter_p > 0:
-            x = self.color_jitter(x, self._mask(r.jitter_p, n, generator, device), generator)
+            host = host_generator if host_generator is not None else (
+                generator if generator is not None and generator.device.type == "cpu" else None)
+            x = self.color_jitter(x, self._mask(r.jitter_p, n, generator, device), generator, host)
         if r.grayscale_p > 0:
             gray = self._mask(r.grayscale_p, n, generator, device).view(-1, 1, 1, 1)
             x = torch.where(gray, _gray(x).expand_as(x), x)
@@ -173,7 +178,7 @@ class BatchAugmentation(nn.Module):
             x = torch.where(solarize & (x >= 128 / 255), 1 - x, x)
         return (x - self.mean) / self.std
 
-    def color_jitter(self, x: Tensor, apply: Tensor, generator) -> Tensor:
+    def color_jitter(self, x: Tensor, apply: Tensor, generator, host_generator=None) -> Tensor:
         brightness, contrast, saturation, hue = self.recipe.jitter
         n, device = x.shape[0], x.device
         factors = {
@@ -184,7 +189,7 @@ class BatchAugmentation(nn.Module):
         }
         self.last_jitter = factors  # for inspection (tests)
         out = x
-        order = torch.randperm(4, generator=generator, device=device).tolist()  # one order per batch
+        order = torch.randperm(4, generator=host_generator).tolist()  # one order per batch, drawn on the host
         names = ["brightness", "contrast", "saturation", "hue"]
         for name in (names[i] for i in order):
             f = factors[name]
