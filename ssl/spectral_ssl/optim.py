@@ -43,9 +43,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float | torch.Tensor,
+                    capturable: bool = False) -> torch.optim.Optimizer:
     """The optimizer of ``config`` over ``model``'s trainable parameters; SGD and Adam use torch's
-    fused CUDA kernels when every parameter is on a GPU."""
+    fused CUDA kernels when every parameter is on a GPU. For a step captured in a CUDA graph
+    (``capturable``, SGD and Adam only), ``lr`` is a one-element float32 tensor on the GPU."""
     groups = parameter_groups(model, config.weight_decay, config.exclude_bias_and_norm)
     fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     if config.name == "sgd":
@@ -56,14 +58,14 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
         # timm's LARS adapts only groups whose weight decay is non-zero (always_adapt=False).
         return Lars(groups, lr=lr, momentum=config.momentum)
     if config.name == "adam":  # W-MSE's optimizer; weight decay as L2 in the gradient, as in its code
-        return torch.optim.Adam(groups, lr=lr, fused=fused)
+        return torch.optim.Adam(groups, lr=lr, fused=fused, capturable=capturable)
     raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
                   min_lr_ratio: float) -> torch.optim.lr_scheduler.LRScheduler:
     """lr_t = lr (t+1)/W for t < W, then cosine from lr to min_lr_ratio x lr at ``total_steps``."""
-    base_lr = optimizer.param_groups[0]["lr"]
+    base_lr = float(optimizer.param_groups[0]["lr"])
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=base_lr * min_lr_ratio)
     if warmup_steps <= 0:

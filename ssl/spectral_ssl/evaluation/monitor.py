@@ -115,9 +115,10 @@ class SpectrumMonitor(L.Callback):
 
 class OnlineLinearProbe(L.Callback):
     """A linear classifier trained alongside pretraining on the detached backbone features of
-    view 0 (its own SGD optimizer, so the backbone never receives its gradient); logs
-    ``online/train_top1`` every step and ``online/top1`` on the clean held-out images every
-    ``every_n_epochs`` epochs. Labels < 0 (STL-10's unlabeled images) are ignored."""
+    view 0 (the method's ``step_features``; its own SGD optimizer, so the backbone never receives
+    its gradient); logs ``online/train_top1`` every step and ``online/top1`` on the clean held-out
+    images every ``every_n_epochs`` epochs. Labels < 0 (STL-10's unlabeled images) are ignored.
+    Nothing in its step waits for the device."""
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  every_n_epochs: int = 1) -> None:
@@ -138,26 +139,16 @@ class OnlineLinearProbe(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.classifier.to(pl_module.device)
-        self._features: torch.Tensor | None = None
-        self._hook = pl_module.backbone.register_forward_hook(self._capture)
-
-    def _capture(self, module, inputs, output) -> None:
-        if module.training and self._features is None:  # the first training forward of a step: view 0
-            self._features = output.detach()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self._features = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        labels = batch[1]
-        if self._features is None or len(self._features) != len(labels):
+        labels, features = batch[1], getattr(pl_module, "step_features", None)
+        if features is None or len(features) != len(labels):
             return
-        known = labels >= 0
-        if not known.any():
-            return
+        known = (labels >= 0).float()  # a mask, not an index: no wait for the device
         with torch.autocast(pl_module.device.type, enabled=False):
-            logits = self.classifier(self._features[known].float())
-            loss = F.cross_entropy(logits, labels[known])
+            logits = self.classifier(features.float())
+            losses = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+            loss = (losses * known).sum() / known.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world_size() > 1:  # keep the ranks' classifiers identical: average their gradients
@@ -165,7 +156,8 @@ class OnlineLinearProbe(L.Callback):
                 torch.distributed.all_reduce(param.grad)
                 param.grad /= world_size()
         self.optimizer.step()
-        pl_module.log("online/train_top1", (logits.argmax(1) == labels[known]).float().mean())
+        correct = (logits.argmax(1) == labels).float() * known
+        pl_module.log("online/train_top1", correct.sum() / known.sum().clamp(min=1))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
@@ -175,9 +167,6 @@ class OnlineLinearProbe(L.Callback):
             predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
         self.top1 = (predictions == labels).float().mean().item()
         pl_module.log("online/top1", self.top1, sync_dist=True)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._hook.remove()
 
     def state_dict(self) -> dict[str, Any]:
         if self.classifier is None:

@@ -42,6 +42,9 @@ class WMSE(SSLMethod):
         super().__init__(**kwargs)
         self.criterion = WMSELoss(w_size=w_size, w_iter=w_iter, eps=eps, gather=gather)
 
+    def graph_blocker(self) -> str | None:
+        return "W-MSE (it draws its sub-batch permutations on the host every step)"
+
 
 class BYOL(SSLMethod):
     """BYOL (Grill et al., NeurIPS 2020): an online backbone + projector + predictor regresses an

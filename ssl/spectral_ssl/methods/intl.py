@@ -41,3 +41,8 @@ class SpectralTransform(SSLMethod):
         super().__init__(**kwargs)
         self.criterion = STLoss(power=power, method=method, axis=axis, eps=eps, iters=iters,
                                 trace_weight=trace_weight, gather=gather)
+
+    def graph_blocker(self) -> str | None:
+        if self.criterion.method == "eigh":
+            return "SpectralTransform(method='eigh') (the eigendecomposition waits for the host; method='newton' does not)"
+        return None

@@ -1,0 +1,149 @@
+"""The CUDA-graph training path (model.speed.cuda_graph): the step that runs forward, loss,
+backward and the optimizer itself, inside Lightning's loop. On the CPU it runs eagerly, which
+checks everything but the capture; on a CUDA machine the last test checks the capture too."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from spectral_ssl.methods import INTL
+from spectral_ssl.methods.graphed import GraphedStep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.backbone.width=8",
+        "--model.projector_dims=[64,64]", "--data.batch_size=64", "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1", "--trainer.max_steps=6", "--model.optimizer.warmup_epochs=0.2"]
+
+
+def pretrain(args):
+    from spectral_ssl.cli import pretrain  # here: the CUDA test at the end runs where jsonargparse may be missing
+
+    return pretrain(args)
+
+
+def run(tmp_path, name, *args):
+    pretrain([*TINY, "--output_dir", str(tmp_path), "--run_name", name, *args])
+    events = EventAccumulator(str(tmp_path / name))
+    events.Reload()
+    checkpoint = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+    return checkpoint, {tag: [e.value for e in events.Scalars(tag)] for tag in ("train/loss", "train/lr")}
+
+
+def assert_same_state(a, b):
+    """Equal up to the rounding of the learning rate: the graphed path keeps it in a float32
+    tensor (what fused CUDA optimizers read), Lightning's path as a Python float; with a float64
+    tensor the two runs are bitwise equal. Six steps at lr 0.6 grow that to ~1e-5 (~6e-5 across a
+    resume); a missed or doubled step, or a stale learning rate, moves weights by ~1e-2."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if torch.is_tensor(a[key]):
+            torch.testing.assert_close(a[key], b[key], atol=2e-4, rtol=1e-3, msg=key)
+
+
+@pytest.mark.parametrize("method", [
+    [],
+    ["--model=spectral_ssl.methods.BYOL", "--model.projector_dims=[64,32]", "--model.predictor_hidden_dims=[64]"],
+    ["--model.optimizer.name=adam", "--model.optimizer.lr=0.002"],
+], ids=["INTL", "BYOL", "INTL-adam"])
+def test_graphed_path_trains_like_the_standard_path(tmp_path, method):
+    """Same parameters, optimizer state (momentum / Adam moments), EMA target, losses and
+    learning-rate schedule as Lightning's own backward + optimizer step, step for step."""
+    standard, standard_logs = run(tmp_path, "standard", *method)
+    graphed, graphed_logs = run(tmp_path, "graphed", *method, "--model.speed.cuda_graph=true",
+                                "--model.speed.cuda_graph_warmup=2")
+    assert graphed["global_step"] == standard["global_step"] == 6
+    assert_same_state(graphed["state_dict"], standard["state_dict"])
+    for mine, theirs in zip(graphed["optimizer_states"][0]["state"].values(),
+                            standard["optimizer_states"][0]["state"].values()):
+        assert mine.keys() == theirs.keys()
+        for key in mine:  # running gradient statistics: more sensitive than the weights
+            assert (mine[key].float() - theirs[key].float()).norm() <= 1e-2 * theirs[key].float().norm() + 1e-6, key
+    assert torch.is_tensor(graphed["optimizer_states"][0]["param_groups"][0]["lr"])  # read by the captured step
+    for tag in ("train/loss", "train/lr"):
+        assert len(graphed_logs[tag]) == 6
+        assert graphed_logs[tag] == pytest.approx(standard_logs[tag], rel=1e-5)
+    assert len(set(graphed_logs["train/lr"])) > 3  # the warm-up + cosine schedule moved
+
+
+def test_graphed_path_resumes_like_the_standard_path(tmp_path):
+    """Stopped after one epoch and resumed for a second, the graphed path ends where Lightning's
+    own path does after the same two runs (which the killed-run test compares with a straight run)."""
+    epochs = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=0.15"]  # 3 steps an epoch
+    ends = []
+    for name, graph in (("standard", "false"), ("graphed", "true")):
+        run(tmp_path, name, f"--model.speed.cuda_graph={graph}", *epochs, "--trainer.max_epochs=1")
+        ends.append(run(tmp_path, name, f"--model.speed.cuda_graph={graph}", *epochs, "--trainer.max_epochs=2")[0])
+    standard, graphed = ends
+    assert graphed["global_step"] == standard["global_step"] == 6
+    assert torch.is_tensor(graphed["optimizer_states"][0]["param_groups"][0]["lr"])
+    assert_same_state(graphed["state_dict"], standard["state_dict"])
+
+
+def test_graphed_path_stops_on_a_nonfinite_loss_before_saving(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="became non-finite at step"):
+        pretrain([*TINY, "--output_dir", str(tmp_path), "--run_name", "nan", "--model.speed.cuda_graph=true",
+                  "--model.optimizer.lr=1e12", "--trainer.log_every_n_steps=50", "--trainer.max_steps=30"])
+    assert not (tmp_path / "nan" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--model.optimizer.name=lars"], "optimizer 'lars'"),
+    (["--model=spectral_ssl.methods.WMSE", "--model.projector_dims=[64,16]", "--model.w_size=32"], "W-MSE"),
+    (["--model=spectral_ssl.methods.SpectralTransform", "--model.axis=1", "--model.eps=1e-5"], "method='eigh'"),
+    (["--trainer.accumulate_grad_batches=2"], "accumulate_grad_batches"),
+    (["--trainer.gradient_clip_val=1.0"], "gradient_clip_val"),
+])
+def test_graphed_path_refuses_what_it_cannot_capture(tmp_path, args, problem):
+    with pytest.raises(ValueError, match=f"cuda_graph=true cannot be used with .*{problem}"):
+        pretrain([*TINY, "--output_dir", str(tmp_path), "--run_name", "refused", "--model.speed.cuda_graph=true",
+                  *args])
+
+
+def test_graphed_step_warms_up_eagerly_and_clears_gradients():
+    calls = []
+    step = GraphedStep(lambda views: {"loss": views[0].sum() * 2}, lambda: calls.append("zero"), warmup_steps=1)
+    out = step([torch.ones(3, requires_grad=True)])
+    assert out["loss"].item() == 6 and not out["loss"].requires_grad
+    assert calls == ["zero"] and step.eager_steps == 1 and not step.captured  # CPU: always eager
+    with pytest.raises(ValueError, match="cuda_graph_warmup must be >= 1"):
+        GraphedStep(lambda views: {}, lambda: None, warmup_steps=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_captured_step_replays_the_eager_step_on_cuda(bf16):
+    """Two copies of one model, trained on the same batches: eagerly, and captured after one
+    warm-up step then replayed (including a batch of another size, which runs eagerly)."""
+    torch.manual_seed(0)
+    models = [INTL(backbone={"name": "resnet18", "cifar_stem": True, "width": 16}, projector_dims=[128, 128],
+                   optimizer={"lr": 0.05}, speed={"channels_last": True}).cuda() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [torch.optim.SGD(m.parameters(), lr=torch.tensor(0.05, device="cuda"), momentum=0.9, fused=True)
+                  for m in models]
+
+    def make_step(model, optimizer):
+        def step(views):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+                parts = model.criterion(model.embed(views))
+            parts["loss"].backward()
+            optimizer.step()
+            return parts
+        return step
+
+    eager_step = make_step(models[0], optimizers[0])
+    graphed = GraphedStep(make_step(models[1], optimizers[1]), lambda: optimizers[1].zero_grad(set_to_none=True),
+                          warmup_steps=1)
+    generator = torch.Generator("cuda").manual_seed(0)
+    for batch in (64, 64, 64, 64, 32, 64):
+        views = [torch.randn(batch, 3, 32, 32, device="cuda", generator=generator) for _ in range(2)]
+        optimizers[0].zero_grad(set_to_none=True)
+        expected = eager_step(views)["loss"]
+        got = graphed(views)["loss"]
+        optimizers[0].param_groups[0]["lr"].mul_(0.5)  # a schedule: the graph must see the new value
+        optimizers[1].param_groups[0]["lr"].mul_(0.5)
+        torch.testing.assert_close(got, expected.detach(), atol=1e-4, rtol=1e-3)
+    assert graphed.captured
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
