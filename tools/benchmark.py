@@ -1,14 +1,18 @@
 """Speed benchmarks, measured side by side in one run (never asserted in tests).
 
     python tools/benchmark.py iternorm [--sizes 256x8192 1024x8192 ...] [--out table.md]
-    python tools/benchmark.py pipeline [--batch 512] [--steps 20] [--workers 16] [--out table.md]
+    python tools/benchmark.py pipeline [--shapes cifar imagenet] [--workers 16] [--out table.md]
 
-``pipeline``: one CIFAR-10 ResNet-18 INTL training step (two views, 2048-d projector, SGD) fed
-three ways, side by side: (1) model only, random tensors already on the device; (2) our data
-path, the uint8 set resident on the device and both views made there by
-:class:`BatchAugmentation`; (3) a plain torchvision PIL pipeline (RandomResizedCrop, ColorJitter,
-grayscale, flip, ToTensor, Normalize) in DataLoader workers. It prints images/s, seconds per
-50,000-image epoch and the ratios (2)/(1) and (3)/(2).
+``pipeline``: an INTL training step (two views, 3-layer projector, SGD) of two shapes, CIFAR-10
+(ResNet-18, CIFAR stem, 32 px) and ImageNet (ResNet-50, 224 px, from JPEG files), fed three ways
+side by side: (1) model only, random tensors already on the device; (2) ours, ``Trainer.fit`` of
+the INTL module on the real datamodule with ``augment_on_device`` (CIFAR: the uint8 set resident on
+the device; ImageNet: workers read the files, the batch is decoded and augmented on the device);
+(3) a plain torchvision PIL pipeline (the same recipes with torchvision.transforms) in DataLoader
+workers. The data are generated at the real sizes (CIFAR pickles, JPEG files of 300-500 px). On
+CUDA the step is bf16 + channels_last + torch.compile + one CUDA graph (``--no-compile`` to skip
+compilation). It prints ms/step, images/s, seconds per epoch, the ratios (2)/(1) and (3)/(2) and,
+for (2), how many times per step the host waited for the device.
 
 ``iternorm``: IterNorm whitening + trace loss, forward and backward for two views, in the D x D
 ("feature") and N x N ("batch") forms of feature whitening (``axis=1``), which give the same
@@ -23,8 +27,11 @@ import argparse
 import datetime
 import platform
 import sys
+import time
+import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.utils import benchmark
 
@@ -118,26 +125,42 @@ def run_iternorm(args) -> str:
     return "\n".join(rows)
 
 
-def training_step(batch: int, device: torch.device, bf16: bool, channels_last: bool, width: int):
-    """A closure (views -> forward, INTL loss, backward, SGD step) of a CIFAR ResNet-18."""
-    backbone = create_backbone("resnet18", cifar_stem=True, width=width).to(device)
-    projector = Projector(backbone.num_features, [2048, 2048], 2048).to(device)
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
-    params = [*backbone.parameters(), *projector.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, fused=device.type == "cuda" or None)
-    loss = INTLLoss(gather=False)
+SHAPES = {  # (architecture, image size, projector width on CUDA / on the CPU, images per epoch)
+    "cifar": ("resnet18", 32, (2048, 2048), 50_000),
+    "imagenet": ("resnet50", 224, (8192, 2048), 1_281_167),
+}
+
+
+def intl_model(shape: str, dim: int, device: torch.device, compile: bool, graph: bool):
+    """The INTL LightningModule of that shape (CIFAR stem for 32 px) and its speed options."""
+    from spectral_ssl.methods import INTL
+
+    arch, image, _, _ = SHAPES[shape]
+    gpu = device.type == "cuda"
+    return INTL(backbone={"name": arch, "cifar_stem": image <= 64}, projector_dims=[dim] * 3,
+                speed={"channels_last": gpu, "compile": compile, "cuda_graph": graph})
+
+
+def training_step(model, device: torch.device, bf16: bool, graph: bool):
+    """views -> forward, INTL loss, backward, SGD step of ``model``, outside Lightning: eager, or
+    captured as one CUDA graph by the same :class:`GraphedStep` the training path uses."""
+    from spectral_ssl.methods.graphed import GraphedStep
+
+    model.to(device).configure_model()
+    lr = torch.tensor(0.01, device=device) if graph else 0.01
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=device.type == "cuda" or None)
 
     def step(views):
-        if channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            value = loss([projector(backbone(v)) for v in views])["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph):
+            parts = model.criterion(model.embed(views))
+        parts["loss"].backward()
         optimizer.step()
+        return parts
 
-    return step
+    zero_grad = lambda: optimizer.zero_grad(set_to_none=True)  # noqa: E731
+    if graph:
+        return GraphedStep(step, zero_grad)
+    return lambda views: (zero_grad(), step(views))
 
 
 def _sync(device):
@@ -145,9 +168,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def seconds_per_step(batches, step, device, steps: int, warmup: int = 3) -> float:
-    import time
-
+def seconds_per_step(batches, step, device, steps: int, warmup: int = 5) -> float:
     iterator = iter(batches)
     for _ in range(warmup):
         step(next(iterator))
@@ -159,86 +180,218 @@ def seconds_per_step(batches, step, device, steps: int, warmup: int = 3) -> floa
     return (time.perf_counter() - start) / steps
 
 
-def run_pipeline(args) -> str:
-    import itertools
+class StepTimer(L.Callback):
+    """Seconds per training step after ``skip`` steps (warm-up, capture, compilation), and on
+    CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("warn")`` to count waits."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.skip:
+            _sync(pl_module.device)
+            self.start = time.perf_counter()
+            if pl_module.device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+        _sync(pl_module.device)
+        self.steps = trainer.global_step - self.skip
+        self.seconds = (time.perf_counter() - self.start) / self.steps
+
+
+class DataOnly(L.LightningModule):
+    """A model whose step only reads the views: ``Trainer.fit`` of it times the data path and the
+    training loop without the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        views, _ = batch
+        return self.weight * torch.stack([v.float().mean() for v in views]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def lightning_seconds_per_step(model, datamodule, device, steps: int, skip: int) -> tuple[float, float]:
+    """(seconds per step, device waits per step) of ``Trainer.fit`` as ``spectral-ssl pretrain`` runs it."""
+    timer = StepTimer(skip)
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if device.type == "cuda" else "32-true",
+                        max_steps=skip + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=datamodule)
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    for message in sorted({str(w.message) for w in caught} - {str(w.message) for w in waits}):
+        print(f"warning during fit: {message}", file=sys.stderr)
+    return timer.seconds, len(waits) / timer.steps
+
+
+def write_cifar_folder(root: Path, images: int) -> None:
+    """torchvision's CIFAR-10 python folder with ``images`` random training images."""
+    import pickle
 
     import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = images // 5 if name != "test_batch" else 100
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, n).tolist()}, f)
+
+
+def _write_jpeg(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, seed = args
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(300, 501, 2)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((int(width), int(height)), Image.BICUBIC), dtype=np.int16)
+    texture = rng.integers(-12, 13, smooth.shape, dtype=np.int16)  # photo-like detail, so file sizes are realistic
+    Image.fromarray(np.clip(smooth + texture, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def write_jpeg_folder(root: Path, images: int, classes: int = 10) -> float:
+    """An ImageFolder tree of ``images`` JPEGs of 300-500 px a side (ImageNet's typical sizes);
+    returns the mean file size in kB."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = []
+    for split, count in (("train", images), ("val", classes)):
+        for i in range(count):
+            folder = root / split / f"class{i % classes:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs.append((folder / f"{split}_{i:06d}.JPEG", i))
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write_jpeg, jobs, chunksize=64))
+    sizes = [path.stat().st_size for path, _ in jobs]
+    return sum(sizes) / len(sizes) / 1e3
+
+
+def pil_loader(shape: str, root: Path, recipes, mean, std, batch: int, workers: int, gpu: bool):
+    """The plain torchvision pipeline: PIL images through torchvision.transforms in DataLoader workers."""
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
-    from torchvision import transforms
+    from torchvision import datasets, transforms
 
-    from spectral_ssl.data.device_augment import BatchAugmentation
-    from spectral_ssl.data.tensor_sets import CIFAR_AUGMENTATION, CIFARDataModule
+    def view(r):
+        steps = [transforms.RandomResizedCrop(r.size, scale=r.scale, interpolation=transforms.InterpolationMode.BICUBIC),
+                 transforms.RandomHorizontalFlip(r.flip_p),
+                 transforms.RandomApply([transforms.ColorJitter(*r.jitter)], p=r.jitter_p),
+                 transforms.RandomGrayscale(r.grayscale_p)]
+        if r.blur_p:
+            steps.append(transforms.RandomApply([transforms.GaussianBlur(max(2 * (r.size // 20) + 1, 3), (0.1, 2.0))],
+                                                p=r.blur_p))
+        if r.solarize_p:
+            steps.append(transforms.RandomSolarize(128, p=r.solarize_p))
+        return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    views = [view(r) for r in recipes]
+
+    class Views(Dataset):
+        def __init__(self):
+            if shape == "cifar":
+                from spectral_ssl.data import CIFARDataModule
+
+                images, _ = CIFARDataModule(root=str(root)).load("train")
+                self.images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
+            else:
+                self.images = datasets.ImageFolder(str(root / "train"))
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            image = self.images[i] if shape == "cifar" else self.images[i][0]
+            return [v(image) for v in views]
+
+    return DataLoader(Views(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=gpu,
+                      persistent_workers=workers > 0)
+
+
+def run_pipeline(args) -> str:
+    import itertools
+    import tempfile
+
+    from spectral_ssl.data import CIFARDataModule, ImageFolderDataModule
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
-    batch, steps = args.batch or (512 if gpu else 64), args.steps or (20 if gpu else 3)
-    width = args.width or 64
-    mean, std = CIFARDataModule.STATS[10]
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    step = training_step(batch, device, bf16=gpu, channels_last=gpu, width=width)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    compile = gpu if args.compile is None else args.compile
+    graph = gpu  # on the CPU the graphed path is the eager one
+    rows = [f"Pipelines side by side; {device_name(device)}, torch {torch.__version__}, {datetime.date.today()}. "
+            f"Step: INTL (backbone, 3-layer projector, IterNorm + trace loss, SGD), two views, "
+            f"{'bf16 + channels_last + ' + ('torch.compile + ' if compile else '') + 'CUDA graph' if gpu else 'fp32'}.",
+            "",
+            "| shape | pipeline | ms / step | images / s | s / epoch | (2)/(1), (3)/(2) | data path alone, ms / step "
+            "| device waits / step |",
+            "|---|---|---|---|---|---|---|---|"]
+    for shape in args.shapes:
+        arch, image, dims, epoch_images = SHAPES[shape]
+        dim = args.dim or dims[0 if gpu else 1]
+        batch = args.batch or {"cifar": (512, 64), "imagenet": (256, 16)}[shape][0 if gpu else 1]
+        steps = args.steps or (20 if gpu else 3)
+        # ImageNet: enough JPEG files that the longest timed run (data path alone) stays in one epoch
+        images = args.images or {"cifar": (50_000, 5_000), "imagenet": (batch * (2 * steps + 10), 128)}[shape][not gpu]
+        L.seed_everything(0, verbose=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            if shape == "cifar":
+                write_cifar_folder(root, images)
+                data = CIFARDataModule(root=tmp, batch_size=batch, num_workers=args.workers, augment_on_device=True)
+                note = f"{images:,} generated 32x32 images"
+            else:
+                kb = write_jpeg_folder(root, images)
+                data = ImageFolderDataModule(root=tmp, batch_size=batch, num_workers=args.workers,
+                                             augment_on_device=True)
+                note = f"{images:,} generated JPEG files, 300-500 px, {kb:.0f} kB on average"
+            step = training_step(intl_model(shape, dim, device, compile, graph), device, bf16=gpu, graph=graph)
+            random_views = [torch.randn(batch, 3, image, image, device=device) for _ in range(2)]
+            model_only = seconds_per_step(itertools.repeat(random_views), step, device, steps)
+            skip = 8 if gpu else 2
+            ours, waits = lightning_seconds_per_step(intl_model(shape, dim, device, compile, graph), data, device, steps,
+                                                     skip)
+            ours_data, _ = lightning_seconds_per_step(DataOnly(), data, device, 2 * steps, skip)
+            recipes = data.view_recipes()
+            loader = pil_loader(shape, root, recipes, data.mean, data.std, batch, args.workers, gpu)
 
-    model_views = [torch.randn(batch, 3, 32, 32, device=device) for _ in range(2)]
-    model_only = seconds_per_step(itertools.repeat(model_views), step, device, steps)
+            def pil_batches():
+                while True:
+                    for views in loader:
+                        yield [v.to(device, non_blocking=True) for v in views]
 
-    resident = images.to(device)
-    augments = [BatchAugmentation(recipe, mean, std).to(device) for recipe in CIFAR_AUGMENTATION]
-    device_generator = torch.Generator(device).manual_seed(0)
-
-    def device_batches():
-        while True:
-            for index in torch.randperm(len(resident), device=device).split(batch):
-                if len(index) == batch:
-                    chosen = resident[index]
-                    yield [augment(chosen, device_generator) for augment in augments]
-
-    ours = seconds_per_step(device_batches(), step, device, steps)
-    ours_data = seconds_per_step(device_batches(), lambda views: None, device, 2 * steps)
-
-    class PILViews(Dataset):
-        def __init__(self):
-            self.pil = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
-            normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-            self.views = [transforms.Compose([
-                transforms.RandomResizedCrop(32, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
-                transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                transforms.RandomGrayscale(0.2), transforms.RandomSolarize(128, p=p), transforms.RandomHorizontalFlip(),
-                *normalize]) for p in (0.0, 0.2)]
-
-        def __len__(self):
-            return len(self.pil)
-
-        def __getitem__(self, i):
-            return [view(self.pil[i]) for view in self.views]
-
-    loader = DataLoader(PILViews(), batch_size=batch, shuffle=True, drop_last=True, num_workers=args.workers,
-                        pin_memory=gpu, persistent_workers=args.workers > 0)
-
-    def pil_batches():
-        while True:
-            for views in loader:
-                yield [v.to(device, non_blocking=True) for v in views]
-
-    pil = seconds_per_step(pil_batches(), step, device, steps)
-    pil_data = seconds_per_step(pil_batches(), lambda views: None, device, 2 * steps)
-    epoch = 50_000 / batch
-    rows = [
-        f"CIFAR-10 ResNet-18 (width {width}) INTL step, two views of {batch} images, "
-        f"{'bf16 + channels_last' if gpu else 'fp32'}, SGD; {device_name(device)}, torch {torch.__version__}, "
-        f"{datetime.date.today()}",
-        "",
-        "| pipeline | ms / step | images / s | s / CIFAR-10 epoch | data alone, ms / batch of two views |",
-        "|---|---|---|---|---|",
-    ]
-    for name, seconds, data in (("(1) model only (random tensors on the device)", model_only, 0.0),
-                                ("(2) ours: uint8 set on the device, batched augmentation there", ours, ours_data),
-                                (f"(3) torchvision PIL + DataLoader ({args.workers} workers)", pil, pil_data)):
-        rows.append(f"| {name} | {1e3 * seconds:.1f} | {batch / seconds:,.0f} | {epoch * seconds:.2f} "
-                    f"| {1e3 * data:.1f} |")
-    command = " ".join(sys.argv[1:])
-    rows += ["", f"(2)/(1) = {ours / model_only:.2f}x the model-only time; (3)/(2) = {pil / ours:.2f}x slower "
-             f"than ours; data alone: (3)/(2) = {pil_data / ours_data:.1f}x. Command: `python tools/benchmark.py {command}`"]
+            pil = seconds_per_step(pil_batches(), step, device, steps)
+            pil_data = seconds_per_step(pil_batches(), lambda views: views[0].float().mean(), device, 2 * steps)
+        label = f"{shape}: {arch} {image}px, 2 x {batch}, {dim}-d head ({note})"
+        for name, seconds, ratio, data_only, wait in (
+                ("(1) model only: random tensors on the device", model_only, "", "", ""),
+                ("(2) ours: `Trainer.fit`, views made on the device", ours, f"{ours / model_only:.2f}",
+                 f"{1e3 * ours_data:.1f}", f"{waits:.1f}" if gpu else ""),
+                (f"(3) torchvision PIL + DataLoader, {args.workers} workers", pil, f"{pil / ours:.2f}",
+                 f"{1e3 * pil_data:.1f}", "")):
+            rate = batch / seconds
+            rows.append(f"| {label} | {name} | {1e3 * seconds:.1f} | {rate:,.{0 if rate >= 100 else 1}f} "
+                        f"| {epoch_images / batch * seconds:,.1f} | {ratio} | {data_only} | {wait} |")
+            print(rows[-1], flush=True)
+    rows += ["", "images / s counts images (each seen as two views). (2) runs the whole `spectral-ssl pretrain` "
+             "training loop (Lightning, logging hooks, the datamodule's device augmentation); (1) and (3) the "
+             "same model's step alone. Data path alone: (2) `Trainer.fit` of a model that only reads the views, "
+             "(3) the DataLoader and the copy to the device. "
+             f"Command: `python tools/benchmark.py {' '.join(sys.argv[1:])}`"]
     return "\n".join(rows)
 
 
@@ -249,11 +402,13 @@ def main() -> None:
     iternorm.add_argument("--sizes", nargs="+", help="batch x dim pairs such as 256x8192")
     iternorm.add_argument("--out", type=Path, help="also write the markdown table here")
     pipeline = sub.add_parser("pipeline", help="model-only vs our data path vs a torchvision PIL pipeline")
-    pipeline.add_argument("--batch", type=int, help="images per view (512 on CUDA, 64 on the CPU)")
+    pipeline.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["cifar", "imagenet"])
+    pipeline.add_argument("--batch", type=int, help="images per view (CUDA: 512 CIFAR, 256 ImageNet; CPU: 64, 16)")
     pipeline.add_argument("--steps", type=int, help="timed steps (20 on CUDA, 3 on the CPU)")
-    pipeline.add_argument("--width", type=int, help="ResNet width (64, the real ResNet-18)")
-    pipeline.add_argument("--workers", type=int, default=2, help="DataLoader workers of the PIL pipeline")
-    pipeline.add_argument("--images", type=int, default=50_000, help="size of the generated CIFAR-sized set")
+    pipeline.add_argument("--dim", type=int, help="projector width (CUDA: 2048 CIFAR, 8192 ImageNet; CPU: 2048)")
+    pipeline.add_argument("--workers", type=int, default=2, help="DataLoader workers of both data paths")
+    pipeline.add_argument("--images", type=int, help="size of the generated training set")
+    pipeline.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
     pipeline.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     table = run_iternorm(args) if args.benchmark == "iternorm" else run_pipeline(args)

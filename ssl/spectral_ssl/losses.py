@@ -90,7 +90,7 @@ class SpectralAlignmentLoss(nn.Module):
             "loss": alignment + beta * trace,
             "alignment": alignment.detach(),
             "trace": trace.detach(),
-            "trace_weight": torch.tensor(beta),
+            "trace_weight": anchor.new_full((), float(beta)),  # on the device: logging it never copies
         }
 
 

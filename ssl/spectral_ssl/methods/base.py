@@ -19,6 +19,9 @@ from .graphed import GraphedStep, autocast_without_cache
 from .momentum import MomentumTarget, cosine_momentum
 
 
+GRAPHED_LR_DTYPE = torch.float32  # the device learning rate of a graphed step: what fused CUDA optimizers read
+
+
 @dataclasses.dataclass(frozen=True)
 class SpeedOptions:
     """How the training step runs (results are the same up to floating-point rounding).
@@ -143,7 +146,7 @@ class SSLMethod(L.LightningModule):
     def on_train_start(self) -> None:
         if self.graphed_step is not None:  # a resumed optimizer state brings its own lr: keep it a device tensor
             for group in self.optimizers().optimizer.param_groups:
-                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
+                group["lr"] = torch.as_tensor(group["lr"], dtype=GRAPHED_LR_DTYPE, device=self.device)
 
     def _zero_grad(self) -> None:
         self.optimizers().optimizer.zero_grad(set_to_none=True)
@@ -266,7 +269,7 @@ class SSLMethod(L.LightningModule):
         lr = config.lr * self.global_batch_size() / 256
         if self.speed.cuda_graph:  # the scheduler fills it in place; the captured optimizer step reads it
             self._start_graphed_step()
-            lr = torch.tensor(lr, device=self.device)  # float32: what fused CUDA kernels read
+            lr = torch.tensor(lr, dtype=GRAPHED_LR_DTYPE, device=self.device)
         optimizer = build_optimizer(self, config, lr, capturable=self.speed.cuda_graph and self.device.type == "cuda")
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
