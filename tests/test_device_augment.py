@@ -101,6 +101,24 @@ def test_probabilities_and_factor_ranges_match_the_recipe():
     assert ks_statistic(f["hue"].numpy(), np.random.default_rng(0).uniform(-0.1, 0.1, 4000)) < 0.04
 
 
+def test_jitter_order_is_drawn_on_the_host():
+    """The one choice Python must see (the order of the four colour jitters) comes from the host
+    generator, so on a GPU making views never waits for the device; the per-image parameters come
+    from the device generator alone."""
+    augment = BatchAugmentation(Augmentation(size=16, jitter_p=1.0, grayscale_p=0.0, flip_p=0.0), (0.5,) * 3, (0.25,) * 3)
+    images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def views(host_seed):
+        out = augment(images, torch.Generator().manual_seed(0), torch.Generator().manual_seed(host_seed))
+        order = torch.randperm(4, generator=torch.Generator().manual_seed(host_seed)).tolist()
+        return out, order, {k: v.clone() for k, v in augment.last_jitter.items()}
+
+    (first, order_1, factors_1), (again, _, _), (other, order_2, factors_2) = views(1), views(1), views(2)
+    assert order_1 != order_2  # these two seeds give different orders
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert all(torch.equal(factors_1[k], factors_2[k]) for k in factors_1)
+
+
 def test_device_path_trains_deterministically_on_the_cpu():
     from lightning import Trainer
 

@@ -30,6 +30,14 @@ from .views import Augmentation
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
 
+def _per_image(value, n: int, device) -> Tensor:
+    """A number or an (n,) tensor as an (n, 1) float tensor on ``device``, made there (a tensor
+    built from Python values and copied would make the host wait for the device)."""
+    if isinstance(value, Tensor):
+        return value.to(device, torch.float32, non_blocking=True).expand(n)[:, None]
+    return torch.full((n, 1), float(value), device=device)
+
+
 def _uniform(low: float, high: float, n: int, generator, device) -> Tensor:
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
@@ -38,8 +46,7 @@ def sample_crops(n: int, height, width, scale: tuple[float, float], generator=No
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> Tensor:
     """(n, 4) crop boxes (top, left, h, w) drawn as torchvision's RandomResizedCrop.get_params;
     ``height`` and ``width`` are numbers or (n,) tensors (images of different sizes)."""
-    height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(n)[:, None]
-    width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(n)[:, None]
+    height, width = _per_image(height, n, device), _per_image(width, n, device)
     target = height * width * _uniform(*scale, n * tries, generator, device).view(n, tries)
     aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), n * tries, generator, device)).view(n, tries)
     w = torch.round(torch.sqrt(target * aspect))
@@ -75,8 +82,8 @@ def crop_resize_flip(images: Tensor, boxes: Tensor, flips: Tensor, size: int, mo
 
 
 def _gray(images: Tensor) -> Tensor:
-    weights = images.new_tensor(GRAY).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
+    r, g, b = images.unbind(1)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(1)  # torchvision's rgb_to_grayscale
 
 
 def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
@@ -156,7 +163,7 @@ class BatchAugmentation(nn.Module):
             x = crop_resize_flip(images.float().div(255), boxes, flips, r.size)
         else:
             device, n = images[0].device, len(images)
-            sizes = torch.tensor([image.shape[1:] for image in images], device=device)
+            sizes = torch.tensor([image.shape[1:] for image in images]).to(device, non_blocking=True)
             boxes = sample_crops(n, sizes[:, 0], sizes[:, 1], r.scale, generator, device)
             flips = self._mask(r.flip_p, n, generator, device)
             x = torch.cat([crop_resize_flip(image[None].float().div(255), boxes[i:i + 1], flips[i:i + 1], r.size)

@@ -126,7 +126,7 @@ class SSLMethod(L.LightningModule):
             problems.append("trainer.accumulate_grad_batches > 1")
         if trainer.gradient_clip_val:
             problems.append("trainer.gradient_clip_val")
-        if str(trainer.precision).startswith("16"):
+        if trainer.precision == "16-mixed":
             problems.append("trainer.precision=16-mixed (fp16 loss scaling waits for the host; use bf16-mixed)")
         if self.optimizer_config.name not in ("sgd", "adam"):
             problems.append(f"optimizer {self.optimizer_config.name!r} (sgd and adam take the learning rate as a "
