@@ -26,10 +26,16 @@ def _require(datamodule, method: str, who: str):
 
 
 def _held_out_features(trainer: L.Trainer, model, device, who: str):
-    """(features, labels) of the datamodule's clean held-out images through ``model``."""
+    """(features, labels) of the datamodule's clean held-out images through ``model`` (in eval
+    mode), extracted once per training step and model however many callbacks ask for them (the
+    kNN monitor, the spectrum monitor and the online probe all do at an epoch's end)."""
     _require(trainer.datamodule, "knn_dataloaders", who)
-    _, loader = trainer.datamodule.knn_dataloaders()
-    return extract_features(model, loader, device)
+    key = (trainer.global_step, id(model))
+    cached = getattr(trainer, "_held_out_features", None)
+    if cached is None or cached[0] != key:
+        _, loader = trainer.datamodule.knn_dataloaders()
+        trainer._held_out_features = cached = (key, extract_features(model, loader, device))
+    return cached[1]
 
 
 class KNNMonitor(L.Callback):
@@ -48,16 +54,14 @@ class KNNMonitor(L.Callback):
         self.results: dict[str, float] = {}  # weighted protocol
         self.results_l2: dict[str, float] = {}  # 5-NN L2 protocol
 
-    def evaluate(self, model, datamodule, device: torch.device | str = "cpu") -> tuple[float, float]:
-        bank_loader, query_loader = datamodule.knn_dataloaders()
-        bank, bank_labels = extract_features(model, bank_loader, device)
-        queries, query_labels = extract_features(model, query_loader, device)
-        weighted = knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature)
-        l2 = knn_accuracy(bank, bank_labels, queries, query_labels, k=5, temperature=None, metric="l2")
-        return weighted, l2
-
     def _record(self, name: str, model, trainer: L.Trainer, device) -> None:
-        self.results[name], self.results_l2[name] = self.evaluate(model, trainer.datamodule, device)
+        bank_loader, _ = trainer.datamodule.knn_dataloaders()
+        bank, bank_labels = extract_features(model, bank_loader, device)
+        queries, query_labels = _held_out_features(trainer, model, device, "KNNMonitor")
+        self.results[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k,
+                                          temperature=self.temperature)
+        self.results_l2[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=5, temperature=None,
+                                             metric="l2")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _require(trainer.datamodule, "knn_dataloaders", "KNNMonitor")
