@@ -41,6 +41,7 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
             "--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.precision=32-true",
             "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.max_steps=1",
             "--trainer.enable_progress_bar=false", "--knn.every_n_epochs=1", "--spectrum.every_n_epochs=1",
+            "--online_probe.every_n_epochs=1", "--knn.k=5",
             "--data.init_args.batch_size=12"]
     dims = [16] * (len(model["projector_dims"]) - 1) + [8 if method == "WMSE" else 16]
     args.append(f"--model.init_args.projector_dims={dims}")
@@ -54,8 +55,39 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
     if data["class_path"].endswith("CIFARDataModule"):
         args.append(f"--data.init_args.root={data_root / ('cifar' + str(data['init_args']['num_classes']))}")
     else:
-        args.append(f"--data.init_args.root={data_root / 'folder'}")
+        args.append(f"--data.init_args.root={data_root if (data_root / 'train').is_dir() else data_root / 'folder'}")
     return args
+
+
+@pytest.mark.parametrize("config", PRETRAINING + [ROOT / "configs" / "quickstart.yaml"],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_config_states_its_monitor_budgets(config):
+    parsed = yaml.safe_load(config.read_text())
+    assert parsed["knn"]["max_bank"] >= 1 and parsed["knn"]["max_queries"] >= 1
+    assert parsed["spectrum"]["max_images"] >= 1 and parsed["online_probe"]["max_images"] >= 1
+    if "imagenet" in config.parent.name:  # bounded well below the dataset: at most 100 bank images a class
+        assert parsed["knn"]["max_bank"] <= 100_000 and parsed["knn"]["max_queries"] <= 10_000
+    widest = max(parsed["model"]["init_args"].get("projector_dims", [0]))
+    assert parsed["spectrum"]["max_images"] > widest  # the spectrum sees more images than dimensions
+
+
+@pytest.mark.parametrize("name", ["imagenet/intl", "imagenet/intl_multicrop", "imagenet100/intl"])
+def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, tmp_path):
+    """A few steps of the shipped ImageNet configs on a synthetic tree of 375 x 500 JPEGs (ImageNet's
+    typical size), with the kNN (baselines included), spectrum and online-probe monitors on."""
+    config = ROOT / "configs" / f"{name}.yaml"
+    parsed = yaml.safe_load(config.read_text())
+    write_image_folder(tmp_path / "tree", corrupt=False, per_class=8, size=(375, 500), classes=("a", "b", "c"))
+    cli = pretrain(["--config", str(config), *tiny_overrides(parsed, tmp_path / "tree"), "--trainer.max_steps=2",
+                    "--data.init_args.batch_size=8", "--output_dir", str(tmp_path)])
+    assert cli.trainer.global_step == 2
+    knn = next(c for c in cli.trainer.callbacks if type(c).__name__ == "KNNMonitor")
+    assert set(knn.results) == {"raw pixels", "random init", "trained"} and knn.sizes == (24, 24)
+    assert "average-pooled from 224x224 to 32x32" in knn.summary()
+    logged = cli.trainer.logged_metrics
+    assert {"knn/top1", "online/top1", "spectrum/embedding/effective_rank"} <= set(logged)
+    index_files = list((tmp_path / parsed["run_name"]).glob("**/index-*.npz"))
+    assert len(index_files) == 2  # the file index, cached in the run folder
 
 
 @pytest.mark.parametrize("config", PRETRAINING, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -70,3 +102,21 @@ def test_config_builds_and_trains_one_step(config, datasets, tmp_path):
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert [v.shape[-1] for v in batch[0]] == [v["size"] for v in views]  # multi-crop sizes as configured
     assert (tmp_path / parsed["run_name"] / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("config", PRETRAINING, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_resolves_to_its_own_datamodule_defaults(config, capsys):
+    """No argument leaks from the default digits datamodule into the config's (jsonargparse carries
+    same-named init_args over when the class changes: ImageNet got image_size 16, num_workers 0)."""
+    import inspect
+
+    from spectral_ssl import data as datamodules
+
+    with pytest.raises(SystemExit):
+        pretrain(["--config", str(config), "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)["data"]
+    written = yaml.safe_load(config.read_text())["data"]["init_args"]
+    cls = getattr(datamodules, resolved["class_path"].rsplit(".", 1)[1])
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name not in ("self", "augment", "mean", "std") and name not in written:
+            assert resolved["init_args"][name] == parameter.default, name

@@ -66,14 +66,14 @@ def test_stl10_reads_the_column_major_binaries(tmp_path):
     assert len(data.dataset("test", None)) == 3
 
 
-def write_image_folder(root, corrupt=True, per_class=3):
+def write_image_folder(root, corrupt=True, per_class=3, size=(40, 48), classes=("cat", "dog")):
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        for cls in ("cat", "dog"):
+        for cls in classes:
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(per_class):
-                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
     if corrupt:
         (root / "train" / "dog" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -109,3 +109,76 @@ def test_image_folder_can_fail_on_a_corrupt_image_instead(tmp_path):
 def test_image_folder_missing_path_names_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/<class>/<image>"):
         ImageFolderDataModule(root=str(tmp_path / "nowhere")).setup()
+
+
+def test_image_index_lists_what_torchvision_lists_in_numpy_arrays(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from spectral_ssl.data import ImageIndex
+
+    write_image_folder(tmp_path, per_class=4)
+    (tmp_path / "train" / "cat" / "UPPER.JPG").write_bytes((tmp_path / "train" / "cat" / "0.JPEG").read_bytes())
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    folder = tmp_path / "train"
+    index = ImageIndex.scan(folder, ["cat", "dog"])
+    expected = make_dataset(str(folder), {"cat": 0, "dog": 1}, extensions=IMG_EXTENSIONS)
+    assert [index[i] for i in range(len(index))] == expected
+    assert all(isinstance(a, np.ndarray) for a in (index.names, index.ends, index.labels))
+    assert index.nbytes / len(index) < 1024  # the bound: at most 1 KB of index per image
+
+
+def test_image_index_is_built_once_and_rebuilt_when_a_class_folder_changes(tmp_path, monkeypatch):
+    from spectral_ssl.data import ImageIndex
+
+    write_image_folder(tmp_path / "data", corrupt=False)
+    cache = tmp_path / "cache"
+    data = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
+    data.setup()
+    assert len(list(cache.glob("index-*.npz"))) == 2  # train and val
+    scans = []
+    original = ImageIndex.scan.__func__
+    monkeypatch.setattr(ImageIndex, "scan", classmethod(lambda cls, *a: scans.append(a) or original(cls, *a)))
+    again = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
+    again.setup()
+    assert scans == [] and [again.samples["train"][i] for i in range(6)] == [data.samples["train"][i] for i in range(6)]
+    (tmp_path / "data" / "train" / "dog" / "new.JPEG").write_bytes((tmp_path / "data" / "train" / "dog" / "0.JPEG")
+                                                                     .read_bytes())
+    third = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
+    third.setup()
+    assert len(scans) == 1 and len(third.samples["train"]) == 7
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_cifar_batch_runs_no_code(tmp_path):
+    write_cifar(tmp_path, 10)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({"data": np.zeros((6, 3072), np.uint8), "labels": [0] * 6, "x": _Payload(marker)}, f)
+    with pytest.raises(ValueError, match=r"data_batch_2: refused global posix.system"):
+        CIFARDataModule(root=str(tmp_path)).setup()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "data_batch_1"), ("labels", "6 images but 5 labels"), ("shape", "not N x 3072")])
+def test_a_damaged_cifar_batch_names_the_file_and_the_layout(tmp_path, damage, message):
+    write_cifar(tmp_path, 10)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:500])
+    else:
+        data = np.zeros((6, 3072) if damage == "labels" else (6, 100), np.uint8)
+        with open(path, "wb") as f:
+            pickle.dump({"data": data, "labels": [0] * (5 if damage == "labels" else 6)}, f)
+    with pytest.raises(ValueError, match=message) as error:
+        CIFARDataModule(root=str(tmp_path)).setup()
+    assert "data_batch_1" in str(error.value) and "expected torchvision's CIFAR python batch" in str(error.value)

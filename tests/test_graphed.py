@@ -109,7 +109,7 @@ def test_graphed_path_stops_on_a_nonfinite_loss_before_saving(tmp_path, capsys):
     (["--trainer.gradient_clip_val=1.0"], "gradient_clip_val"),
 ])
 def test_graphed_path_refuses_what_it_cannot_capture(tmp_path, args, problem):
-    with pytest.raises(ValueError, match=f"cuda_graph=true cannot be used with .*{problem}"):
+    with pytest.raises(SystemExit, match=f"error: model.speed.cuda_graph=true cannot be used with .*{problem}"):
         pretrain([*TINY, "--output_dir", str(tmp_path), "--run_name", "refused", "--model.speed.cuda_graph=true",
                   *args])
 

@@ -88,3 +88,84 @@ def test_linear_probe_matches_scikit_learn_logistic_regression():
     assert 0.5 < expected < 0.99  # a problem with room on both sides
     assert abs(ours - expected) < 0.03
     assert ours == linear_probe(features[train], labels[train], features[test], labels[test], epochs=100)
+
+
+def reference_knn(bank, labels, queries, k, temperature, metric, num_classes):
+    """Written out in float64: scores for every pair, the k best by (score desc, bank index asc),
+    then the vote (weighted, or majority with ties to the smallest label)."""
+    import torch.nn.functional as F
+
+    bank, queries = F.normalize(bank.double(), dim=1), F.normalize(queries.double(), dim=1)
+    scores = queries @ bank.T if metric == "cosine" else -torch.cdist(queries, bank).square()
+    predictions = []
+    for row in scores:
+        order = sorted(range(len(row)), key=lambda j: (-float(row[j]), j))[:k]
+        votes = torch.zeros(num_classes, dtype=torch.float64)
+        for j in order:
+            votes[labels[j]] += 1.0 if temperature is None else torch.exp(row[j] / temperature)
+        predictions.append(int(votes.argmax()))
+    return torch.tensor(predictions)
+
+
+def tied_bank():
+    """Integer features (every dot product exact in float32) with many duplicated rows of
+    different labels: the k-th nearest is tied for most queries."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randint(-2, 3, (12, 6), generator=generator).float()
+    base[base.abs().sum(1) == 0] = 1.0
+    bank = base[torch.randint(0, 12, (90,), generator=generator)]
+    labels = torch.randint(0, 4, (90,), generator=generator)
+    queries = base[torch.randint(0, 12, (25,), generator=generator)] + 0.0
+    return bank, labels, queries
+
+
+@pytest.mark.parametrize("k, temperature, metric", [(5, None, "l2"), (20, 0.07, "cosine"), (7, None, "cosine")])
+def test_ties_go_to_the_lower_bank_index_whatever_the_chunking(k, temperature, metric):
+    bank, labels, queries = tied_bank()
+    expected = reference_knn(bank, labels, queries, k, temperature, metric, 4)
+    for chunk_size in (4, 13, 4096):
+        got = knn_predict(bank, labels, queries, k=k, temperature=temperature, metric=metric, backend="torch",
+                          chunk_size=chunk_size, num_classes=4)
+        assert torch.equal(got, expected), chunk_size
+
+
+def test_bank_in_a_feature_file_gives_the_in_memory_answer(tmp_path):
+    from spectral_ssl.evaluation import FeatureFile
+
+    bank, labels = torch.randn(1000, 32), torch.randint(0, 10, (1000,))
+    queries = torch.randn(64, 32)
+    store = FeatureFile(tmp_path / "bank.f32", 32)
+    for part in bank.split(300):
+        store.append(part)
+    store.finish()
+    assert torch.equal(store[250:700], bank[250:700]) and len(store) == 1000
+    for options in (dict(k=20), dict(k=5, temperature=None, metric="l2")):
+        assert torch.equal(knn_predict(store, labels, queries, chunk_size=128, **options),
+                           knn_predict(bank, labels, queries, backend="torch", **options))
+
+
+def test_k_outside_the_bank_is_refused():
+    bank, labels = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    for k in (0, 31):
+        with pytest.raises(ValueError, match=f"k={k} needs a bank of at least k images.*has 30"):
+            knn_predict(bank, labels, torch.randn(2, 4), k=k)
+
+
+def test_balanced_subset_is_seeded_balanced_and_nested():
+    from spectral_ssl.data import balanced_order, balanced_subset
+
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([50, 7, 30, 13])])[torch.randperm(100)]
+    order = balanced_order(labels, seed=1)
+    assert sorted(order.tolist()) == list(range(100))
+    assert torch.equal(order, balanced_order(labels, seed=1)) and not torch.equal(order, balanced_order(labels, seed=2))
+    for size in (4, 20, 28, 40, 99):
+        subset = balanced_subset(labels, size, seed=1)
+        assert len(subset) == size and torch.equal(subset, subset.sort().values)
+        counts = torch.bincount(labels[subset], minlength=4)
+        room = torch.tensor([50, 7, 30, 13])
+        full = counts == room  # classes used up; the others differ by at most one
+        assert int(counts[~full].max() - counts[~full].min()) <= 1
+        assert bool((counts[full] <= counts[~full].min()).all())
+        assert set(subset.tolist()) <= set(balanced_subset(labels, size + 1, seed=1).tolist())  # nested
+    assert torch.equal(balanced_subset(labels, None), torch.arange(100))
+    assert torch.equal(balanced_subset(labels, 500), torch.arange(100))

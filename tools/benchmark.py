@@ -2,6 +2,10 @@
 
     python tools/benchmark.py iternorm [--sizes 256x8192 1024x8192 ...] [--out table.md]
     python tools/benchmark.py pipeline [--shapes cifar imagenet] [--workers 16] [--out table.md]
+    python tools/benchmark.py scale [--quick] [--out table.md]
+
+``scale``: what each part of a run costs as the dataset grows, extrapolated to ImageNet-1k and
+-21k (see ``tools/scale_benchmark.py``).
 
 ``pipeline``: an INTL training step (two views, 3-layer projector, SGD) of two shapes, CIFAR-10
 (ResNet-18, CIFAR stem, 32 px) and ImageNet (ResNet-50, 224 px, from JPEG files), fed three ways
@@ -410,8 +414,16 @@ def main() -> None:
     pipeline.add_argument("--images", type=int, help="size of the generated training set")
     pipeline.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
     pipeline.add_argument("--out", type=Path, help="also write the markdown table here")
+    scale = sub.add_parser("scale", help="cost of each component at growing dataset sizes, extrapolated")
+    scale.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    scale.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
-    table = run_iternorm(args) if args.benchmark == "iternorm" else run_pipeline(args)
+    if args.benchmark == "scale":
+        from scale_benchmark import run_scale
+
+        table = run_scale(args)
+    else:
+        table = run_iternorm(args) if args.benchmark == "iternorm" else run_pipeline(args)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")

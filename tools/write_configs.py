@@ -33,6 +33,17 @@ MULTI_CROP_VIEWS = (  # INTL's ImageNet multi-crop: 2 x 224 + 192/160/128/96, bl
     + [augment(s, scale=(lo, hi), blur=0.5, solarize=0.1)
        for s, lo, hi in ((192, 0.171, 0.857), (160, 0.143, 0.714), (128, 0.114, 0.571), (96, 0.086, 0.429))])
 
+# Monitor budgets (images): the kNN bank and queries, the spectrum's and the online probe's held-out
+# images are class-balanced subsets of at most these sizes, so a monitor's cost does not grow with
+# the dataset (ImageNet: 100 bank images a class, 10 queries a class; CIFAR: the whole sets).
+MONITORS = {
+    "cifar10": dict(max_bank=50_000, max_queries=10_000),
+    "cifar100": dict(max_bank=50_000, max_queries=10_000),
+    "imagenet100": dict(max_bank=50_000, max_queries=5_000),
+    "imagenet": dict(max_bank=100_000, max_queries=10_000),
+}
+HELD_OUT_IMAGES = 10_000  # spectrum and online probe: at least the widest embedding (8192)
+
 DATASETS = {
     "cifar10": dict(data={"class_path": "spectral_ssl.data.CIFARDataModule",
                           "init_args": {"root": "data", "num_classes": 10, "augment": CIFAR_VIEWS}},
@@ -158,8 +169,9 @@ def build(dataset: str, method: str) -> tuple[str, dict]:
                     "precision": spec["precision"], "log_every_n_steps": 50},
         "model": {"class_path": f"spectral_ssl.methods.{CLASSES[method]}", "init_args": init_args},
         "data": data,
-        "knn": {"k": 20, "temperature": 0.07, "every_n_epochs": 10},
-        "spectrum": {"every_n_epochs": 10},
+        "knn": {"k": 20, "temperature": 0.07, "every_n_epochs": 10, **MONITORS[dataset]},
+        "spectrum": {"every_n_epochs": 10, "max_images": HELD_OUT_IMAGES},
+        "online_probe": {"every_n_epochs": 10, "max_images": HELD_OUT_IMAGES},
     }
     header = (f"# {CLASSES[method]} on {dataset}, ResNet-{backbone['name'][6:]}: {epochs} epochs, global batch {batch} "
               f"({devices} device(s) x {batch // devices}).\n# Source: {source}.\n"

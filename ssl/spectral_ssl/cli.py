@@ -10,8 +10,11 @@ from ``last.ckpt`` (``--resume=false`` starts over).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from lightning import LightningDataModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -21,6 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .data import UnreadableImageError
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from .methods import SSLMethod
+from .runs import AtomicCheckpointIO, CheckpointWriteError, holds_a_run, move_aside, newest_intact_checkpoint
 
 
 class TrainCLI(LightningCLI):
@@ -35,20 +39,27 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
         parser.add_argument("--resume", type=bool, default=True,
-                            help="continue from <output_dir>/<run_name>/checkpoints/last.ckpt when it exists")
+                            help="continue from the newest intact checkpoint in <output_dir>/<run_name>/checkpoints/")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="with --resume=false: move a run already in the folder aside and start over")
         if self.monitors:
             parser.add_lightning_class_args(KNNMonitor, "knn")
             parser.add_lightning_class_args(OnlineLinearProbe, "online_probe")
             parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        defaults = {"checkpoint.save_last": True, "data": {"class_path": "spectral_ssl.data.DigitsDataModule"}}
-        if self.default_model:
+        defaults = {"checkpoint.save_last": True, "checkpoint.enable_version_counter": False}
+        # a default class's init_args would carry over into a class given later with the same argument
+        # names (jsonargparse's rule: the digits' image_size 16 and num_workers 0 into ImageFolder), so
+        # the defaults apply only when the command line and its configs name no class
+        if "data" not in self.given:
+            defaults["data"] = {"class_path": "spectral_ssl.data.DigitsDataModule"}
+        if self.default_model and "model" not in self.given:
             defaults["model"] = {"class_path": self.default_model}
         parser.set_defaults(defaults)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config_init["output_dir"]) / self.config_init["run_name"]
+        return Path(self.config_init["output_dir"]).expanduser().resolve() / self.config_init["run_name"]
 
     def callback(self, kind: type[Callback]) -> Callback:
         return next(c for c in self.trainer.callbacks if isinstance(c, kind))
@@ -57,6 +68,8 @@ class TrainCLI(LightningCLI):
         if self.config_init["trainer"].get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if not self.config_init["trainer"].get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         self.trainer = super().instantiate_trainer(**kwargs)
         checkpoint = self.callback(ModelCheckpoint)
         if checkpoint.dirpath is None:
@@ -64,27 +77,73 @@ class TrainCLI(LightningCLI):
         return self.trainer
 
 
+def _classes_given(args: list[str]) -> set[str]:
+    """The sections (``model``, ``data``) whose class ``args`` name: ``--data=CLASS``,
+    ``--data.class_path=CLASS``, or a ``--config`` YAML with ``data: {class_path: ...}``."""
+    given, arguments = set(), iter(args)
+    for arg in arguments:
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.split("=", 1)[1] if "=" in arg else next(arguments, "")
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # LightningCLI reports it
+            if isinstance(loaded, dict):
+                given |= {key for key, value in loaded.items()
+                          if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)}
+        elif arg.startswith("--"):
+            key = arg[2:].split("=", 1)[0]
+            if "." not in key or key.endswith(".class_path"):
+                given.add(key.split(".", 1)[0])
+    return given
+
+
 def _cli(args: list[str], command: str, model_class=SSLMethod, **kwargs) -> TrainCLI:
     argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
+    TrainCLI.given = _classes_given(args)
     try:
         return TrainCLI(model_class, LightningDataModule, subclass_mode_model=model_class is SSLMethod,
                         subclass_mode_data=True, seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"allow_abbrev": False},  # --trainer.max_epoch is a mistake, not max_epochs
                         auto_configure_optimizers=False, run=False, **kwargs)
     finally:
         sys.argv = argv
 
 
 def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainCLI:
-    last = Path(cli.callback(ModelCheckpoint).dirpath) / "last.ckpt"
-    ckpt_path = None
-    if cli.config_init["resume"] and last.exists():
-        ckpt_path = str(last)
-        print(f"Resuming from {last} (pass --resume=false to start over)", file=sys.stderr)
+    data = getattr(datamodule, "data", datamodule) or cli.datamodule
+    if getattr(data, "index_cache", "") is None:  # an ImageFolder's file index: built once, kept with the run
+        data.index_cache = str(cli.run_dir.resolve() / "index")
     try:
+        ckpt_path = _checkpoint_to_resume(cli)
         cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=ckpt_path)
-    except (FloatingPointError, FileNotFoundError, UnreadableImageError) as error:  # bad input: say it, no traceback
-        sys.exit(f"error: {error}")
+    except (FloatingPointError, FileNotFoundError, UnreadableImageError, ValueError, CheckpointWriteError) as error:
+        sys.exit(f"error: {error}")  # bad input or a failed write: one line, no traceback
     return cli
+
+
+def _checkpoint_to_resume(cli: TrainCLI) -> str | None:
+    """The run folder's rules (see :mod:`spectral_ssl.runs`): the newest intact checkpoint to
+    resume, or None to start; a run in the way of ``--resume=false`` is refused or moved aside."""
+    folder, run_dir = Path(cli.callback(ModelCheckpoint).dirpath), cli.run_dir
+    if cli.config_init["resume"]:
+        checkpoint, damaged = newest_intact_checkpoint(folder) if folder.is_dir() else (None, [])
+        for path, reason in damaged:
+            print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
+        if checkpoint is None and damaged:
+            raise FileNotFoundError(f"no intact checkpoint in {folder} to resume; --resume=false --overwrite=true "
+                                    "starts over (moving the damaged run aside)")
+        if checkpoint is not None:
+            print(f"Resuming from {checkpoint} (pass --resume=false to start over)", file=sys.stderr)
+        return None if checkpoint is None else str(checkpoint)
+    if holds_a_run(run_dir):
+        if not cli.config_init["overwrite"]:
+            raise ValueError(f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not mix a "
+                             "new run into it: give a new --run_name, or add --overwrite=true to move the old run "
+                             "aside first")
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+            print(f"Moved the old run aside to {move_aside(run_dir)}", file=sys.stderr)
+    return None
 
 
 def _print_knn(cli: TrainCLI) -> None:

@@ -14,6 +14,41 @@ def world_size() -> int:
     return 1
 
 
+def rank() -> int:
+    """This process's rank in the default group, 0 when not running distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+def shard_range(n: int) -> tuple[int, int]:
+    """This rank's contiguous share ``[start, end)`` of ``n`` items: rank r of W takes
+    ``[n r / W, n (r + 1) / W)``, so the shards in rank order are the items in order, each once."""
+    w, r = world_size(), rank()
+    return n * r // w, n * (r + 1) // w
+
+
+def backend_device() -> torch.device:
+    """Where tensors must be for the default group's collectives (CUDA for NCCL, else the CPU)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Concatenation in rank order of every rank's ``x``, whose first dimension may differ between
+    ranks; ``x`` itself when not running distributed. The result is on ``x``'s device."""
+    if world_size() == 1:
+        return x
+    device = backend_device()
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=device))
+    longest = int(max(sizes))
+    padded = torch.zeros(longest, *x.shape[1:], dtype=x.dtype, device=device)
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(size)] for part, size in zip(parts, sizes)]).to(x.device)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sends each rank the gradient of its own slice.
 

@@ -5,6 +5,14 @@ Each reads the dataset through the same datamodules as pretraining (``--data`` a
 ``spectral-ssl pretrain``, the built-in digits by default), extracts features of the clean
 images with the backbone in eval mode (sharded over the processes when started by torchrun),
 prints its numbers and returns them.
+
+Memory plan at ImageNet size (1.28 M training images, 2048-d features: 10.5 GB in float32).
+The training features are never gathered: each process keeps its contiguous share (1/W of
+them), in memory (on the GPU when there is one) while the share fits ``--memory_budget_gb``,
+else in a :class:`~spectral_ssl.evaluation.features.FeatureFile` under ``--cache_dir`` that
+the search (``knn``) or the classifier (``linear --fast``) reads a block at a time; the file is
+deleted afterwards. The test features (50,000 x 2048: 410 MB) are gathered on every process.
+Peak host memory is then the model, the test features, one block and the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -13,20 +21,22 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import nn
 
-from .data import SSLDataModule
-from .evaluation import (PROTOCOLS, apply_in_batches, covariance_spectrum, extract_features, knn_accuracy, linear_probe,
-                         spectrum_summary, write_spectra)
+from .data import SSLDataModule, balanced_subset
+from .distributed import rank
+from .evaluation import (PROTOCOLS, FeatureFile, apply_in_batches, covariance_spectrum, extract_features, extract_shard,
+                         knn_accuracy, linear_probe, spectrum_summary, write_spectra)
 from .export import load_encoder
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     parser.add_argument("checkpoint", type=str, help="pretraining checkpoint (.ckpt) or exported backbone "
                                                      "(backbone.safetensors / backbone.pth)")
@@ -34,6 +44,10 @@ def _parser(prog: str, description: str) -> ArgumentParser:
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--precision", type=str, default="32", choices=["32", "bf16"], help="feature extraction")
     parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--memory_budget_gb", type=float, default=8.0,
+                        help="training features a process holds in memory (else in a file under --cache_dir)")
+    parser.add_argument("--cache_dir", type=str, default=None,
+                        help="folder for features over the budget (default: features/ beside the checkpoint)")
     parser.set_defaults({"data": {"class_path": "spectral_ssl.data.DigitsDataModule"}})
     return parser
 
@@ -41,6 +55,9 @@ def _parser(prog: str, description: str) -> ArgumentParser:
 def _setup(parser: ArgumentParser, args: list[str]):
     config = parser.parse_args(args)
     init = parser.instantiate_classes(config)
+    if getattr(init.data, "index_cache", "") is None:  # reuse the pretraining run's file index
+        folder = Path(config.checkpoint).resolve().parent
+        init.data.index_cache = str((folder.parent if folder.name == "checkpoints" else folder) / "index")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
@@ -65,12 +82,26 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _features(model: nn.Module, datamodule: SSLDataModule, batch_size: int, device, precision):
-    train_loader, test_loader = datamodule.knn_dataloaders(batch_size)
+def _features(model: nn.Module, datamodule: SSLDataModule, config, device, precision):
+    """(this process's share of the training features, its labels), (all test features, labels),
+    seconds: the plan of the module docstring."""
+    train_loader, test_loader = datamodule.knn_dataloaders(config.batch_size)
     start = time.perf_counter()
-    train = extract_features(model, train_loader, device, precision)
-    test = extract_features(model, test_loader, device, precision)
+    width = getattr(model, "num_features", None)
+    share = -(-len(train_loader.dataset) // (dist.get_world_size() if dist.is_initialized() else 1))
+    store = None
+    if width is None or share * width * 4 > config.memory_budget_gb * 2**30:
+        folder = Path(config.cache_dir) if config.cache_dir else Path(config.checkpoint).resolve().parent / "features"
+        store = lambda dim: FeatureFile(folder / f"train-rank{rank()}-{os.getpid()}.f32", dim)  # noqa: E731
+    keep = device if device.type == "cuda" else torch.device("cpu")
+    train = extract_shard(model, train_loader, device, precision, out_device=keep, store=store)[:2]
+    test = [t.to(device) for t in extract_features(model, test_loader, device, precision)]
     return train, test, time.perf_counter() - start
+
+
+def _release(features) -> None:
+    if isinstance(features, FeatureFile):
+        features.delete()
 
 
 def knn(args: list[str]) -> dict[str, float]:
@@ -80,16 +111,21 @@ def knn(args: list[str]) -> dict[str, float]:
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--backend", type=str, default="auto", choices=["auto", "faiss", "torch"])
     config, datamodule, backbone, _, device, precision = _setup(parser, args)
-    (bank, bank_labels), (queries, labels), seconds = _features(backbone, datamodule, config.batch_size, device,
-                                                                precision)
-    _say(f"features: {len(bank)} train x {bank.shape[1]}, {len(queries)} test, extracted in {seconds:.1f} s")
+    (bank, bank_labels), (queries, labels), seconds = _features(backbone, datamodule, config, device, precision)
+    where = "a file" if isinstance(bank, FeatureFile) else str(bank.device)
+    _say(f"features: {len(datamodule.labels('train'))} train x {bank.shape[1]} (this process's share of "
+         f"{len(bank)} in {where}), {len(queries)} test, extracted in {seconds:.1f} s")
     protocols = {f"weighted k={k} T={config.temperature}": dict(k=k, temperature=config.temperature) for k in config.k}
     protocols["5-NN L2 (INTL)"] = PROTOCOLS["5-NN L2 (INTL)"]
     results = {}
-    for name, options in protocols.items():
-        start = time.perf_counter()
-        results[name] = knn_accuracy(bank, bank_labels, queries, labels, backend=config.backend, **options)
-        _say(f"kNN top-1, {name:<26} {100 * results[name]:6.2f}%   ({time.perf_counter() - start:.2f} s)")
+    try:
+        for name, options in protocols.items():
+            start = time.perf_counter()
+            results[name] = knn_accuracy(bank, bank_labels, queries, labels, backend=config.backend, sharded=True,
+                                         **options)
+            _say(f"kNN top-1, {name:<26} {100 * results[name]:6.2f}%   ({time.perf_counter() - start:.2f} s)")
+    finally:
+        _release(bank)
     return results
 
 
@@ -99,9 +135,11 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
                      "condition number, and spectrum.png + spectrum.csv.")
     parser.add_argument("--out", type=str, default=None, help="output folder (default: beside the checkpoint)")
     parser.add_argument("--split", type=str, default="test", choices=["train", "test"])
+    parser.add_argument("--max_images", type=Optional[int], default=50_000,
+                        help="a class-balanced subset of at most this many images of the split (null: all)")
     config, datamodule, backbone, projector, device, precision = _setup(parser, args)
-    train_loader, test_loader = datamodule.knn_dataloaders(config.batch_size)
-    loader = test_loader if config.split == "test" else train_loader
+    indices = balanced_subset(datamodule.labels(config.split), config.max_images, getattr(datamodule, "seed", 0))
+    loader = datamodule.eval_dataloader(config.split, config.batch_size, indices)
     features = {"backbone": extract_features(backbone, loader, device, precision)[0]}
     if projector is not None:
         features["embedding"] = apply_in_batches(projector, features["backbone"], device)
@@ -126,11 +164,13 @@ def linear_fast(args: list[str]) -> float:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight_decay", type=float, default=5e-6)
     config, datamodule, backbone, _, device, precision = _setup(parser, args)
-    (x_train, y_train), (x_test, y_test), seconds = _features(backbone, datamodule, config.batch_size, device,
-                                                              precision)
+    (x_train, y_train), (x_test, y_test), seconds = _features(backbone, datamodule, config, device, precision)
     start = time.perf_counter()
-    top1 = linear_probe(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device),
-                        epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay)
+    try:
+        top1 = linear_probe(x_train, y_train.to(device), x_test, y_test, epochs=config.epochs, lr=config.lr,
+                            weight_decay=config.weight_decay, sharded=True)
+    finally:
+        _release(x_train)
     _say(f"linear top-1 (fast, cached features, {config.epochs} epochs): {100 * top1:.2f}%   "
          f"(extraction {seconds:.1f} s, training {time.perf_counter() - start:.1f} s)")
     return top1

@@ -97,11 +97,18 @@ def load_backbone(path: str | Path) -> nn.Module:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
+        if not path.exists():
+            raise FileNotFoundError(f"no file {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = handle.metadata() or {}
+            state = load_file(str(path))
+        except Exception as error:  # safetensors' own error type: a damaged or foreign file
+            raise ValueError(f"{path} is not a readable safetensors file ({error}); export it again with "
+                             "spectral-ssl export") from error
         if METADATA_KEY not in header:
             raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by spectral-ssl export")
-        metadata, state = json.loads(header[METADATA_KEY]), load_file(str(path))
+        metadata = json.loads(header[METADATA_KEY])
     else:
         meta_path = path.with_name("backbone.json") if path.name == "backbone.pth" else path.with_suffix(".json")
         if not meta_path.exists():
@@ -112,10 +119,25 @@ def load_backbone(path: str | Path) -> nn.Module:
     return model.eval()
 
 
+def require_finite(model: nn.Module, source: str) -> None:
+    """Refuses weights or buffers holding NaN or infinity (a run that diverged): evaluating them
+    would print a chance-level number as if it meant something."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{source}: {name} holds NaN or infinite values (the run diverged before this "
+                             "checkpoint); evaluate an earlier checkpoint")
+
+
 def load_encoder(path: str | Path) -> tuple[nn.Module, nn.Module | None]:
     """(backbone, projector) from a pretraining checkpoint, or (backbone, None) from an exported
-    backbone (``.safetensors`` / ``.pth``); both in eval mode, loaded without unpickling."""
-    path = Path(path)
+    backbone (``.safetensors`` / ``.pth``); both in eval mode, loaded without unpickling, and
+    refused when a weight is not finite (:func:`require_finite`)."""
+    backbone, projector = _load_encoder(Path(path))
+    require_finite(backbone, str(path))
+    return backbone, projector
+
+
+def _load_encoder(path: Path) -> tuple[nn.Module, nn.Module | None]:
     if path.suffix in (".safetensors", ".pth"):
         return load_backbone(path), None
     from .models import Projector

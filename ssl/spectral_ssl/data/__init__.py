@@ -9,9 +9,11 @@ python folder), :class:`STL10DataModule` (binary folder), :class:`ImageFolderDat
 from .base import SkippedImagesReport, SSLDataModule
 from .digits import DigitsDataModule
 from .folder import ImageFileDataset, ImageFolderDataModule, UnreadableImageError
+from .index import ImageIndex
+from .subsets import balanced_order, balanced_subset
 from .tensor_sets import CIFARDataModule, STL10DataModule
 from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
 
 __all__ = ["Augmentation", "CIFARDataModule", "DigitsDataModule", "ImageFileDataset", "ImageFolderDataModule",
-           "MultiView", "SSLDataModule", "STL10DataModule", "SeededEpochSampler", "SkippedImagesReport",
-           "TensorImageDataset", "UnreadableImageError"]
+           "ImageIndex", "MultiView", "SSLDataModule", "STL10DataModule", "SeededEpochSampler", "SkippedImagesReport",
+           "TensorImageDataset", "UnreadableImageError", "balanced_order", "balanced_subset"]

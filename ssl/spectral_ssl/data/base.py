@@ -9,7 +9,7 @@ from typing import Callable, Literal, Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .views import Augmentation, MultiView, SeededEpochSampler
 
@@ -76,6 +76,11 @@ class SSLDataModule(L.LightningDataModule):
         labelled ones), returning ``transform(image), label``; indexable by ``(index, seed)``."""
         raise NotImplementedError
 
+    def labels(self, split: Split) -> Tensor:
+        """The labels of ``split`` in dataset order, without reading any image (subsets are
+        chosen from them)."""
+        raise NotImplementedError
+
     def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
         """The whole pretraining split as one uint8 (N, 3, H, W) tensor and its labels (-1 where
         unlabeled), for ``augment_on_device`` (datasets held in memory implement it)."""
@@ -113,7 +118,21 @@ class SSLDataModule(L.LightningDataModule):
             dataset: Dataset = _Indices(self.pretrain_tensors()[1])
         else:
             dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
+        self.check_batch_size(len(dataset))  # type: ignore[arg-type]
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def check_batch_size(self, images: int) -> None:
+        """Refuses a per-device batch that cannot train: one image (BatchNorm and the whitening
+        need two per device), or more than a process's share of the training set (every batch
+        of an epoch is full, so there would be none and nothing would train)."""
+        processes = self.trainer.world_size if self.trainer else 1
+        if self.batch_size < 2:
+            raise ValueError(f"data.batch_size={self.batch_size}: the projector's BatchNorm and the whitening need at "
+                             "least 2 images per device")
+        if images // processes < self.batch_size:
+            raise ValueError(f"data.batch_size={self.batch_size} is larger than the {images // processes} training "
+                             f"images each of the {processes} process(es) gets ({images} in all): no full batch, "
+                             "nothing would train; lower data.batch_size")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment_on_device``: the training batch (indices) becomes V views made on the device,
@@ -143,14 +162,20 @@ class SSLDataModule(L.LightningDataModule):
             self._resident = self.pretrain_tensors()[0].to(device)
         return self._resident[indices]
 
-    def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
-        """Clean (un-augmented, normalized) labelled train images, for a kNN bank or cached linear
-        features, and the test images. Not sharded: :func:`extract_features` shards under DDP."""
+    def eval_dataloader(self, split: Split, batch_size: int = 512, indices: Tensor | None = None) -> DataLoader:
+        """Clean (un-augmented, normalized) labelled images of ``split`` in dataset order, or only
+        those at ``indices`` (ascending: files are then read in order). Not sharded:
+        :func:`~spectral_ssl.evaluation.extract_features` shards under DDP."""
         self.setup("fit")
-        loader = lambda split: DataLoader(  # noqa: E731
-            self.dataset(split, self.eval_transform()), batch_size=batch_size, num_workers=self.num_workers,
-            collate_fn=collate_skipping)
-        return loader("train"), loader("test")
+        dataset = self.dataset(split, self.eval_transform())
+        if indices is not None:
+            dataset = Subset(dataset, indices.tolist())
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate_skipping)
+
+    def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
+        """Clean labelled train images (a kNN bank, cached linear features) and the test images:
+        :meth:`eval_dataloader` of both splits."""
+        return self.eval_dataloader("train", batch_size), self.eval_dataloader("test", batch_size)
 
     def linear_dataloaders(self, batch_size: int = 256) -> tuple[DataLoader, DataLoader]:
         """The linear-evaluation protocol: augmented labelled train images (shuffled per epoch,
@@ -177,7 +202,9 @@ class SSLDataModule(L.LightningDataModule):
 
 class SkippedImagesReport(L.Callback):
     """At the end of every training epoch: how many unreadable images the datamodule skipped
-    (each was already logged with its path when it was met), as a warning and ``data/skipped``."""
+    (each was already logged with its path when it was met), as a warning and ``data/skipped``
+    (summed over the ranks here, by every rank at the same point, so the logged value needs no
+    collective of Lightning's: see :mod:`spectral_ssl.evaluation.monitor`)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pop = getattr(trainer.datamodule, "pop_skipped", None)
@@ -185,7 +212,8 @@ class SkippedImagesReport(L.Callback):
         if skipped:
             log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", trainer.current_epoch, len(skipped),
                         ", ".join(skipped[:3]))
-        pl_module.log("data/skipped", float(len(skipped)), reduce_fx="sum", sync_dist=True)
+        total = trainer.strategy.reduce(torch.tensor(float(len(skipped)), device=pl_module.device), reduce_op="sum")
+        pl_module.log("data/skipped", total)
 
 
 class _Indices(Dataset):

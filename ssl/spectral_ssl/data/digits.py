@@ -48,6 +48,10 @@ class DigitsDataModule(SSLDataModule):
         pixels = self.train_images.float().div(255)
         self.mean, self.std = [pixels.mean().item()] * 3, [pixels.std().item()] * 3
 
+    def labels(self, split: Split) -> torch.Tensor:
+        self.setup()
+        return self.test_labels if split == "test" else self.train_labels
+
     def pretrain_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.setup()
         return self.train_images, self.train_labels

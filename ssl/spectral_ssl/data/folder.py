@@ -6,13 +6,16 @@ import logging
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import to_dtype
 
 from .base import Normalize, Skipped, SSLDataModule, Split
+from .index import ImageIndex
 from .views import Augmentation, apply_seeded
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,12 @@ def _unreadable(path: str, error: Exception, on_corrupt: OnCorrupt) -> Skipped:
     return Skipped(path)
 
 
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """8 bits a channel: 16-bit PNGs (uint16, 0..65535) scaled to 0..255 (x / 257, rounded), as
+    every transform and the normalization expect."""
+    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
+
+
 class ImageFileDataset(Dataset):
     """(path, label) samples decoded to uint8 RGB tensors, then ``transform``ed; indexable by ``i``
     or ``(i, seed)`` (the transform then runs under that RNG seed). An unreadable file is logged
@@ -46,7 +55,7 @@ class ImageFileDataset(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
                  on_corrupt: OnCorrupt = "skip") -> None:
-        self.samples, self.transform, self.on_corrupt = list(samples), transform, on_corrupt
+        self.samples, self.transform, self.on_corrupt = samples, transform, on_corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -55,7 +64,7 @@ class ImageFileDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+            image = as_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB))
         except (RuntimeError, OSError, ValueError) as error:
             return _unreadable(path, error, self.on_corrupt)
         return apply_seeded(self.transform, image, seed), label
@@ -66,7 +75,7 @@ class EncodedImageDataset(Dataset):
     by ``i`` or ``(i, seed)``. A file that cannot be read is handled as ``on_corrupt`` says."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], on_corrupt: OnCorrupt = "skip") -> None:
-        self.samples, self.on_corrupt = list(samples), on_corrupt
+        self.samples, self.on_corrupt = samples, on_corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -100,7 +109,7 @@ def decode_images(encoded: list[torch.Tensor], paths: list[str], device: torch.d
     images, kept = [], []
     for i, (data, path) in enumerate(zip(encoded, paths)):
         try:
-            images.append(decode_image(data, mode=ImageReadMode.RGB).to(device))
+            images.append(as_uint8(decode_image(data, mode=ImageReadMode.RGB)).to(device))
             kept.append(i)
         except (RuntimeError, ValueError) as error:
             _unreadable(path, error, on_corrupt)
@@ -111,6 +120,9 @@ class ImageFolderDataModule(SSLDataModule):
     """An ImageFolder tree: ``root/<train_dir>/<class>/<image>`` and ``root/<val_dir>/<class>/<image>``
     (ImageNet's usual layout after the validation images are sorted into class folders).
     ``classes``: use only these class folders (e.g. the ImageNet-100 list); by default all.
+    The images of a class are the image files directly in its folder. The file list is an
+    :class:`~spectral_ssl.data.index.ImageIndex` (numpy arrays, about 40 bytes an image), built
+    once and cached in ``index_cache`` (``pretrain`` puts it in the run folder; None: rebuilt).
     Evaluation resizes to ``eval_resize`` then centre-crops ``image_size`` (256 -> 224).
     ``augment_on_device``: DataLoader workers only read the files; the JPEGs are decoded on the
     training device in one batched call (nvJPEG on a GPU) and the views made there
@@ -122,10 +134,11 @@ class ImageFolderDataModule(SSLDataModule):
                  augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  on_corrupt: OnCorrupt = "skip", batch_size: int = 256, num_workers: int = 8, num_views: int = 2,
-                 seed: int = 0, augment_on_device: bool = False) -> None:
+                 seed: int = 0, augment_on_device: bool = False, index_cache: str | None = None) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
                          augment_on_device=augment_on_device)
         self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
+        self.index_cache = index_cache
         self.image_size, self.eval_resize, self.on_corrupt = image_size, eval_resize, on_corrupt
         self.mean, self.std = tuple(mean), tuple(std)
 
@@ -135,7 +148,11 @@ class ImageFolderDataModule(SSLDataModule):
         self.samples = {"train": self._scan(self.train_dir), "test": self._scan(self.val_dir)}
         self.num_classes = len(self.class_names)
 
-    def _scan(self, name: str) -> list[tuple[str, int]]:
+    def labels(self, split: Split) -> torch.Tensor:
+        self.setup()
+        return torch.from_numpy(self.samples["train" if split == "pretrain" else split].labels.astype("int64"))
+
+    def _scan(self, name: str) -> ImageIndex:
         folder = self.root / name
         if not folder.is_dir():
             raise FileNotFoundError(
@@ -149,9 +166,12 @@ class ImageFolderDataModule(SSLDataModule):
         if hasattr(self, "class_names") and names != self.class_names:
             raise ValueError(f"{folder} has other class folders than {self.root / self.train_dir}")
         self.class_names = list(names)
-        samples = make_dataset(str(folder), {c: i for i, c in enumerate(names)}, extensions=IMG_EXTENSIONS,
-                               allow_empty=True)
-        if not samples:
+        samples = ImageIndex.cached(folder, names, self.index_cache)
+        empty = sorted(set(names) - {names[label] for label in np.unique(samples.labels)})
+        if empty:
+            log.warning("%d class folder(s) under %s hold no image and count as classes nobody sees: %s",
+                        len(empty), folder, ", ".join(empty[:5]))
+        if not len(samples):
             raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS[:4])} ...) under {folder}/<class>/")
         return samples
 
@@ -167,6 +187,7 @@ class ImageFolderDataModule(SSLDataModule):
         if not self.augment_on_device:
             return super().train_dataloader()
         self.setup()
+        self.check_batch_size(len(self.samples["train"]))
         return self._loader(EncodedImageDataset(self.samples["train"], self.on_corrupt), self.batch_size, shuffle=True,
                             drop_last=True, collate_fn=collate_encoded)
 

@@ -38,10 +38,49 @@ class TensorSetDataModule(SSLDataModule):
         images, labels = self.splits["train" if split == "pretrain" else split]
         return TensorImageDataset(images, labels, transform)
 
+    def labels(self, split: Split) -> Tensor:
+        self.setup()
+        return self.splits["train" if split == "pretrain" else split][1]
+
     def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
         self.setup()
         parts = ("train", "unlabeled") if "unlabeled" in self.split_names else ("train",)
         return torch.cat([self.splits[p][0] for p in parts]), torch.cat([self.splits[p][1] for p in parts])
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python batches admitting only what they hold: dicts, lists, str, bytes and
+    ints, and numpy arrays of numbers. Any other global a pickle names (``os.system``, a class with
+    a ``__reduce__``) is refused before anything runs; object arrays are refused too."""
+
+    ARRAYS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ARRAYS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only plain "
+                                         "types and numeric arrays")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(uint8 images (N, 3, 32, 32), labels) of one CIFAR python batch, read without running any
+    code it might carry; a file of another layout is an error naming it and the expected one."""
+    expected = ("expected torchvision's CIFAR python batch: a pickled dict with 'data' (N x 3072 uint8) and "
+                "'labels' or 'fine_labels' (N ints)")
+    try:
+        with open(path, "rb") as f:
+            batch = _CIFARUnpickler(f, encoding="latin1").load()  # the format's own encoding (python 2 pickles)
+        data = batch["data"]
+        labels = batch["labels"] if "labels" in batch else batch["fine_labels"]
+        if not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"'data' is {type(data).__name__} {getattr(data, 'dtype', '')} "
+                             f"{getattr(data, 'shape', '')}, not N x 3072 numbers")
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels")
+        return data.astype(np.uint8).reshape(-1, 3, 32, 32), [int(label) for label in labels]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise ValueError(f"cannot read CIFAR batch {path}: {error} ({expected})") from error
 
 
 def _missing(name: str, root: Path, expected: list[Path], url: str) -> FileNotFoundError:
@@ -97,10 +136,9 @@ class CIFARDataModule(TensorSetDataModule):
             raise _missing(f"CIFAR-{self.num_classes}", self.root, self.files("train") + self.files("test"), url)
         images, labels = [], []
         for path in files:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")  # the format's own encoding (python 2 pickles)
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels" if "labels" in batch else "fine_labels"])
+            data, batch_labels = read_cifar_batch(path)
+            images.append(data)
+            labels.extend(batch_labels)
         return torch.from_numpy(np.concatenate(images)), torch.tensor(labels)
 
 

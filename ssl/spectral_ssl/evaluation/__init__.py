@@ -1,13 +1,13 @@
 """Evaluation of learned representations: kNN (two protocols), linear evaluation (fast on cached
 features, or the ImageNet protocol), the eigen-spectrum, and callbacks for pretraining."""
 
-from .features import apply_in_batches, evaluating, extract_features
+from .features import FeatureFile, apply_in_batches, evaluating, extract_features, extract_shard
 from .knn import PROTOCOLS, knn_accuracy, knn_predict
 from .linear import LinearClassifier, linear_probe
 from .monitor import KNNMonitor, OnlineLinearProbe, SpectrumMonitor
 from .spectrum import (condition_number, covariance_spectrum, effective_rank, plot_spectra, rankme, spectrum_summary,
                        write_spectra)
 
-__all__ = ["KNNMonitor", "LinearClassifier", "OnlineLinearProbe", "PROTOCOLS", "apply_in_batches", "SpectrumMonitor", "condition_number",
+__all__ = ["FeatureFile", "KNNMonitor", "extract_shard", "LinearClassifier", "OnlineLinearProbe", "PROTOCOLS", "apply_in_batches", "SpectrumMonitor", "condition_number",
            "covariance_spectrum", "effective_rank", "evaluating", "extract_features", "knn_accuracy", "knn_predict",
            "linear_probe", "plot_spectra", "rankme", "spectrum_summary", "write_spectra"]

@@ -1,16 +1,18 @@
-"""Feature extraction that leaves the model exactly as it found it, sharded under DDP."""
+"""Feature extraction that leaves the model exactly as it found it, sharded under DDP, into
+memory or a file."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Subset
 
-from ..distributed import world_size
+from ..distributed import gather_rows, shard_range, world_size
 
 
 @contextmanager
@@ -26,45 +28,97 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-class _Indexed(Dataset):
-    """(image, label, index): lets the gathered shards be put back in dataset order."""
+class FeatureFile:
+    """(N, D) float32 features in a raw file, written batch by batch (:meth:`append`) and read back
+    a slice at a time (``store[start:stop]`` gives a tensor), so host memory never holds more than
+    one slice: a 1.28 M x 2048 bank is 10.5 GB on disk and a 4096-row slice (32 MB) in memory.
+    Reads go through ``np.fromfile``, not a memory map, so they do not accumulate in the process's
+    resident memory."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, path: str | Path, dim: int) -> None:
+        self.path, self.dim, self.rows = Path(path), dim, 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = open(self.path, "wb")
+
+    def append(self, rows: Tensor) -> None:
+        np.ascontiguousarray(rows.detach().float().cpu().numpy()).tofile(self._writer)
+        self.rows += len(rows)
+
+    def finish(self) -> "FeatureFile":
+        self._writer.close()
+        return self
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return self.rows
 
-    def __getitem__(self, index: int):
-        sample = self.dataset[index]
-        return (*sample, index) if isinstance(sample, tuple) else sample  # an unreadable image's marker
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.dim
 
+    def __getitem__(self, key: slice) -> Tensor:
+        start, stop, step = key.indices(self.rows)
+        if step != 1:
+            raise IndexError("a FeatureFile reads contiguous slices only")
+        count = max(stop - start, 0) * self.dim
+        values = np.fromfile(self.path, dtype=np.float32, count=count, offset=start * self.dim * 4)
+        return torch.from_numpy(values.reshape(-1, self.dim))
 
-def _shard(loader: DataLoader) -> DataLoader:
-    """The same loader over this rank's shard only (DistributedSampler pads the last shard by
-    repeating images; the duplicates are dropped after gathering)."""
-    dataset = _Indexed(loader.dataset)
-    collate = loader.collate_fn
-
-    def collate_with_index(samples):
-        kept = [s for s in samples if isinstance(s, tuple)]  # unreadable images come back as a marker
-        indices = torch.tensor([s[-1] for s in kept])
-        return (*collate([s[:-1] for s in kept])[:2], indices)
-
-    return DataLoader(dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                      sampler=DistributedSampler(dataset, shuffle=False), collate_fn=collate_with_index)
+    def delete(self) -> None:
+        self._writer.close()
+        self.path.unlink(missing_ok=True)
 
 
-def _gather_rows(x: Tensor) -> Tensor:
-    """all_gather of tensors whose first dimension differs across ranks."""
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
-    longest = int(max(sizes))
-    padded = torch.zeros(longest, *x.shape[1:], dtype=x.dtype, device=x.device)
-    padded[:len(x)] = x
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:int(size)] for part, size in zip(parts, sizes)])
+def _shard(loader: DataLoader) -> tuple[DataLoader, int]:
+    """The same loader over this rank's contiguous share of the dataset (no padding, in order),
+    and the share's first index."""
+    start, end = shard_range(len(loader.dataset))  # type: ignore[arg-type]
+    return DataLoader(Subset(loader.dataset, range(start, end)), batch_size=loader.batch_size,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn), start
+
+
+@torch.no_grad()
+def extract_shard(model: Callable[[Tensor], Tensor], loader, device: torch.device | str = "cpu",
+                  precision: torch.dtype | None = None, out_device: torch.device | str = "cpu",
+                  store: FeatureFile | Callable[[int], FeatureFile] | None = None
+                  ) -> tuple[Tensor | FeatureFile, Tensor, int]:
+    """This rank's share of :func:`extract_features`, not gathered: ``(features, labels, start)``
+    with ``start`` the share's first position in the loader's dataset (0 when not distributed).
+    Features are float32 rows on ``out_device``, written into one preallocated tensor (no second
+    copy at the end), or appended to a :class:`FeatureFile` when ``store`` is one or makes one
+    from the feature width. Unreadable images are left out (the rows close up)."""
+    distributed = world_size() > 1 and isinstance(loader, DataLoader)
+    batches, start = _shard(loader) if distributed else (loader, 0)
+    total = len(batches.dataset) if isinstance(batches, DataLoader) else None  # type: ignore[arg-type]
+    device, out_device = torch.device(device), torch.device(out_device)
+    autocast = torch.autocast(device.type, dtype=precision) if precision else nullcontext()
+    context = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
+    features, labels, parts, filled = None, [], [], 0
+    with context, autocast:
+        for batch in batches:
+            images, target = batch[0], batch[1]
+            if images is None:  # a batch of unreadable images only
+                continue
+            rows = model(images.to(device, non_blocking=True)).float()
+            labels.append(target.cpu())
+            if store is not None:
+                if features is None:
+                    features = store(rows.shape[1]) if callable(store) else store
+                features.append(rows)
+            elif total is None:  # a plain iterable of batches: its length is unknown
+                parts.append(rows.to(out_device))
+            else:
+                if features is None:
+                    features = torch.empty(total, rows.shape[1], device=out_device)
+                features[filled:filled + len(rows)] = rows
+            filled += len(rows)
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    if isinstance(features, FeatureFile):
+        return features.finish(), labels, start
+    if parts:
+        return torch.cat(parts), labels, start
+    if features is None:
+        return torch.zeros(0, 0, device=out_device), labels, start
+    return features[:filled], labels, start
 
 
 @torch.no_grad()
@@ -72,33 +126,12 @@ def extract_features(model: Callable[[Tensor], Tensor], loader, device: torch.de
                      precision: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """Runs ``model`` in eval mode over ``(images, labels)`` batches; returns (features, labels) on
     CPU in float32, in the loader's order. Under DDP (a process group is initialized) and given a
-    DataLoader, each rank extracts its shard and the shards are all-gathered, so every rank returns
-    the whole set. ``precision=torch.bfloat16`` runs the model under bf16 autocast."""
-    distributed = world_size() > 1 and isinstance(loader, DataLoader)
-    batches = _shard(loader) if distributed else loader
-    device = torch.device(device)
-    autocast = torch.autocast(device.type, dtype=precision) if precision else nullcontext()
-    features, labels, indices = [], [], []
-    context = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
-    with context, autocast:
-        for batch in batches:
-            images, target = batch[0], batch[1]
-            if images is None:  # a batch of unreadable images only
-                continue
-            features.append(model(images.to(device, non_blocking=True)).float().cpu())
-            labels.append(target.cpu())
-            if distributed:
-                indices.append(batch[2])
-    features, labels = torch.cat(features), torch.cat(labels)
-    if not distributed:
-        return features, labels
-    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    gathered = [_gather_rows(t.to(backend_device)).cpu() for t in (features, labels, torch.cat(indices))]
-    features, labels, index = gathered
-    # dataset order, each image once (the padding repeated some): the first row of every index
-    unique, inverse = torch.unique(index, return_inverse=True)  # unique is sorted
-    first = torch.full((len(unique),), len(index)).scatter_reduce(0, inverse, torch.arange(len(index)), reduce="amin")
-    return features[first], labels[first]
+    DataLoader, each rank extracts a contiguous share and the shares are all-gathered, so every
+    rank returns the whole set: use it for bounded sets (held-out images), and
+    :func:`extract_shard` for banks that one rank should hold only a share of.
+    ``precision=torch.bfloat16`` runs the model under bf16 autocast."""
+    features, labels, _ = extract_shard(model, loader, device, precision)
+    return gather_rows(features), gather_rows(labels)
 
 
 @torch.no_grad()

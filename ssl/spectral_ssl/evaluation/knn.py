@@ -8,9 +8,19 @@ Two protocols, whose numbers are not comparable with each other:
   ``knn_predict(..., k=5, temperature=None, metric="l2")``.
 
 Features are L2-normalized first (``normalize=True``), as the bank of both protocols is.
-Search runs with faiss when it is installed (a GPU index when faiss has GPU support and CUDA is
-present; exact flat indexes either way) or in chunked torch on the bank's device, so that
-ImageNet-size banks (1.28 M x 2048) never need a full similarity matrix.
+
+Search is exact: the k nearest are the k best scores, ties broken by the lower bank index, so
+the answer does not depend on how the bank is chunked or sharded. It runs in chunked torch on
+the queries' device (the training GPU in the monitors: chunked matmul + top-k, no faiss needed;
+the bank may live on another device or in a :class:`~spectral_ssl.evaluation.features.FeatureFile`
+and is read a chunk at a time), or with faiss (exact flat indexes; a GPU index when faiss has
+GPU support) for a bank held in host memory. ``backend="auto"`` takes torch when the queries are
+on a GPU or the bank is in a file, else faiss when it is installed.
+
+Under DDP, ``sharded=True`` lets each rank hold only its contiguous share of the bank: every
+rank searches its share for all queries, and the per-rank top-k (scores, bank indices, labels)
+are gathered and merged by the same rule, which gives exactly the single-process answer
+(scores aside, a bank of 1.28 M x 2048 float32 is 10.5 GB; eight ranks hold 1.3 GB each).
 """
 
 from __future__ import annotations
@@ -18,8 +28,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..distributed import backend_device, world_size
 
 Metric = Literal["cosine", "l2"]
 Backend = Literal["auto", "faiss", "torch"]
@@ -38,72 +51,137 @@ def faiss_available() -> bool:
     return True
 
 
-def _search_faiss(bank: Tensor, queries: Tensor, k: int, metric: Metric, chunk_size: int) -> tuple[Tensor, Tensor]:
+def best_k(scores: Tensor, index: Tensor, k: int, *others: Tensor) -> tuple[Tensor, ...]:
+    """Per row, the ``k`` best columns by (score descending, bank index ascending): exact, with
+    ties resolved the same way whatever the order of the columns. ``others`` (same shape) are
+    taken along. Returns (scores, index, *others), best first."""
+    by_index = index.argsort(dim=1)
+    scores, index = scores.gather(1, by_index), index.gather(1, by_index)
+    top = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return (scores.gather(1, top), index.gather(1, top), *(o.gather(1, by_index).gather(1, top) for o in others))
+
+
+def _chunk_top_k(scores: Tensor, first: int, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`best_k` of one bank chunk (columns = bank rows ``first, first + 1, ...``): top-k,
+    and a stable sort only for the rows whose k-th score is tied beyond the k taken."""
+    k = min(k, scores.shape[1])
+    top, columns = scores.topk(k, dim=1)
+    tied = (scores >= top[:, -1:]).sum(1) > k
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        exact = scores[rows].sort(dim=1, descending=True, stable=True)  # columns ascend: the lower index first
+        top[rows], columns[rows] = exact.values[:, :k], exact.indices[:, :k]
+    return top, columns + first
+
+
+def _search_torch(bank, queries: Tensor, k: int, metric: Metric, normalize: bool,
+                  chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k on the queries' device, chunked over queries and over the bank (a running
+    merge), the bank read chunk by chunk from wherever it is (tensor or FeatureFile)."""
+    device = queries.device
+    best_s = torch.full((len(queries), 0), float("-inf"), device=device)
+    best_i = torch.zeros((len(queries), 0), dtype=torch.long, device=device)
+    for start in range(0, len(bank), chunk_size):
+        part = bank[start:start + chunk_size].to(device, torch.float32, non_blocking=True)
+        if normalize:
+            part = F.normalize(part, dim=1)
+        part_sq = part.square().sum(1) if metric == "l2" else None
+        new_s, new_i = [], []
+        for chunk in queries.split(chunk_size):
+            s = chunk @ part.T
+            if metric == "l2":  # -||q - b||^2 up to the query's own norm (constant per row)
+                s = 2 * s - part_sq
+            top_s, top_i = _chunk_top_k(s, start, k)
+            new_s.append(top_s)
+            new_i.append(top_i)
+        best_s, best_i = best_k(torch.cat([best_s, torch.cat(new_s)], 1), torch.cat([best_i, torch.cat(new_i)], 1), k)
+    return best_s, best_i
+
+
+def _search_faiss(bank: Tensor, queries: Tensor, k: int, metric: Metric, normalize: bool,
+                  chunk_size: int) -> tuple[Tensor, Tensor]:
     import faiss
 
-    bank_np = bank.float().cpu().contiguous().numpy()
+    bank = F.normalize(bank.float(), dim=1) if normalize else bank.float()
     index = faiss.IndexFlatIP(bank.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(bank.shape[1])
     if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
-    index.add(bank_np)
+    index.add(bank.cpu().contiguous().numpy())
     scores, indices = [], []
     for chunk in queries.float().cpu().split(chunk_size):
         s, i = index.search(chunk.contiguous().numpy(), k)
         scores.append(torch.from_numpy(s))
         indices.append(torch.from_numpy(i))
-    scores, indices = torch.cat(scores), torch.cat(indices)
-    return (scores if metric == "cosine" else -scores), indices  # higher is nearer
+    scores, indices = torch.cat(scores).to(queries.device), torch.cat(indices).to(queries.device)
+    return best_k(scores if metric == "cosine" else -scores, indices, k)  # higher is nearer; ties by index
 
 
-def _search_torch(bank: Tensor, queries: Tensor, k: int, metric: Metric, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k, chunked over queries and over the bank (running top-k merge)."""
-    bank, scores, indices = bank.float(), [], []
-    bank_sq = bank.square().sum(1) if metric == "l2" else None
-    for chunk in queries.float().to(bank.device).split(chunk_size):
-        best_s = torch.full((len(chunk), 0), float("-inf"), device=bank.device)
-        best_i = torch.zeros((len(chunk), 0), dtype=torch.long, device=bank.device)
-        for start in range(0, len(bank), chunk_size):
-            part = bank[start:start + chunk_size]
-            s = chunk @ part.T
-            if metric == "l2":  # -||q - b||^2 up to the query's own norm (constant per row)
-                s = 2 * s - bank_sq[start:start + chunk_size]
-            s, i = torch.cat([best_s, s], 1), torch.cat([best_i, torch.arange(start, start + len(part),
-                                                                               device=bank.device).expand(len(chunk), -1)], 1)
-            best_s, top = s.topk(min(k, s.shape[1]), dim=1)
-            best_i = i.gather(1, top)
-        scores.append(best_s)
-        indices.append(best_i)
-    return torch.cat(scores), torch.cat(indices)
+def _merge_shards(scores: Tensor, index: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Every rank's top-k gathered and merged by :func:`best_k`: the top-k of the whole bank."""
+    device = backend_device()
+    parts = []
+    for local in (scores, index, labels):
+        gathered = [torch.empty_like(local, device=device) for _ in range(world_size())]
+        dist.all_gather(gathered, local.to(device).contiguous())
+        parts.append(torch.cat(gathered, dim=1).to(scores.device))
+    merged_scores, _, merged_labels = best_k(parts[0], parts[1], k, parts[2])
+    return merged_scores, merged_labels
 
 
-def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
+def knn_predict(bank, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
                 temperature: float | None = 0.07, metric: Metric = "cosine", normalize: bool = True,
-                num_classes: int | None = None, backend: Backend = "auto", chunk_size: int = 4096) -> Tensor:
-    """Class predictions for ``queries`` by kNN against ``bank`` (see the module docstring).
+                num_classes: int | None = None, backend: Backend = "auto", chunk_size: int = 4096,
+                sharded: bool = False) -> Tensor:
+    """Class predictions (on the CPU) for ``queries`` by kNN against ``bank`` (see the module
+    docstring). The search runs on the queries' device.
 
     With ``temperature`` the k nearest vote with weight exp(cosine similarity / T) (the weight
     needs the cosine, so it requires ``metric="cosine"``); with None each votes 1 (majority;
-    ties go to the smallest label). ``backend``: "faiss", "torch" or "auto" (faiss if installed).
+    ties go to the smallest label). ``backend``: "faiss", "torch" or "auto". ``sharded``: under
+    DDP, ``bank`` / ``bank_labels`` are this rank's contiguous share, in rank order, and every
+    rank passes the same queries; all ranks return the single-process answer.
     """
-    if bank.shape[0] != bank_labels.shape[0]:
-        raise ValueError(f"bank has {bank.shape[0]} rows but {bank_labels.shape[0]} labels")
+    if len(bank) != len(bank_labels):
+        raise ValueError(f"bank has {len(bank)} rows but {len(bank_labels)} labels")
     if temperature is not None and metric != "cosine":
         raise ValueError("similarity-weighted votes need metric='cosine'; use temperature=None for the L2 protocol")
-    k = min(k, bank.shape[0])
-    num_classes = num_classes or int(bank_labels.max()) + 1
-    if normalize:
-        bank, queries = F.normalize(bank.float(), dim=1), F.normalize(queries.float(), dim=1)
-    use_faiss = backend == "faiss" or (backend == "auto" and faiss_available())
-    search = _search_faiss if use_faiss else _search_torch
-    scores, index = search(bank, queries, k, metric, chunk_size)
-    device = scores.device
+    sharded = sharded and world_size() > 1
+    sizes = torch.tensor([len(bank), int(bank_labels.max()) + 1 if len(bank) else 0], device=backend_device()
+                         if sharded else "cpu")
+    if sharded:
+        counts = [torch.empty_like(sizes) for _ in range(world_size())]
+        dist.all_gather(counts, sizes)
+        counts = torch.stack(counts).cpu()
+        total, first, classes = int(counts[:, 0].sum()), int(counts[:dist.get_rank(), 0].sum()), int(counts[:, 1].max())
+    else:
+        total, first, classes = len(bank), 0, int(sizes[1])
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k} needs a bank of at least k images (and k >= 1); the bank has {total}")
+    num_classes = num_classes or classes
+    queries = F.normalize(queries.float(), dim=1) if normalize else queries.float()
+    use_faiss = backend == "faiss" or (backend == "auto" and isinstance(bank, Tensor) and bank.device.type == "cpu"
+                                       and queries.device.type == "cpu" and faiss_available())
+    if len(bank):
+        search = _search_faiss if use_faiss else _search_torch
+        scores, index = search(bank, queries, k, metric, normalize, chunk_size)
+    else:  # an empty share: nothing to offer to the merge
+        scores = torch.full((len(queries), 0), float("-inf"), device=queries.device)
+        index = torch.zeros((len(queries), 0), dtype=torch.long, device=queries.device)
+    neighbour_labels = bank_labels.to(queries.device)[index]
+    if sharded:  # pad every share's answer to k columns (a share may hold fewer), then merge
+        missing = k - scores.shape[1]
+        scores = F.pad(scores, (0, missing), value=float("-inf"))
+        index = F.pad(index + first, (0, missing), value=total)  # padding sorts after every real row
+        neighbour_labels = F.pad(neighbour_labels, (0, missing), value=-1)
+        scores, neighbour_labels = _merge_shards(scores, index, neighbour_labels, k)
     weights = torch.ones_like(scores) if temperature is None else (scores / temperature).exp()
-    votes = torch.zeros(len(scores), num_classes, device=device, dtype=weights.dtype)
-    votes.scatter_add_(1, bank_labels.to(device)[index], weights)
+    weights = weights * (neighbour_labels >= 0)
+    votes = torch.zeros(len(scores), num_classes, device=scores.device, dtype=weights.dtype)
+    votes.scatter_add_(1, neighbour_labels.clamp(min=0), weights)
     return votes.argmax(dim=1).cpu()
 
 
-def knn_accuracy(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, **kwargs) -> float:
+def knn_accuracy(bank, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, **kwargs) -> float:
     """Top-1 accuracy (in [0, 1]) of :func:`knn_predict`; keyword arguments are passed on."""
     predictions = knn_predict(bank, bank_labels, queries, **kwargs)
     return (predictions == query_labels.cpu()).float().mean().item()

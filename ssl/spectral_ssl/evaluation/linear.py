@@ -7,20 +7,32 @@ from typing import Sequence
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import backend_device, world_size
 
-def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
+
+def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
                  epochs: int = 100, lr: float = 1e-2, weight_decay: float = 5e-6, batch_size: int = 4096,
-                 seed: int = 0) -> float:
+                 seed: int = 0, sharded: bool = False, block_rows: int = 16384) -> float:
     """Top-1 (in [0, 1]) of a linear classifier trained on frozen, cached features.
 
     Features are standardized with the training set's mean and std; the classifier is trained
     with Adam (lr decayed by a cosine to 1e-4 x lr) and weight decay, the recipe of INTL's CIFAR
     evaluation on cached features, for ``epochs`` passes in shuffled mini-batches of
     ``batch_size``. Deterministic for a given ``seed``.
+
+    Training features held in a :class:`~spectral_ssl.evaluation.features.FeatureFile`, or
+    ``sharded`` under DDP (each rank passes its share of the training features, and the same
+    test features), go through :func:`_linear_probe_streamed` instead: blocks of ``block_rows``
+    rows read in a shuffled order, shuffled within, and gradients summed over the ranks.
     """
+    if sharded and world_size() > 1 or not isinstance(train_features, Tensor):
+        return _linear_probe_streamed(train_features, train_labels, test_features, test_labels, epochs=epochs, lr=lr,
+                                      weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                                      sharded=sharded and world_size() > 1, block_rows=block_rows)
     generator = torch.Generator().manual_seed(seed)
     mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
     x_train, x_test = (train_features.float() - mean) / std, (test_features.float() - mean) / std
@@ -42,6 +54,88 @@ def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Te
             schedule.step()
     with torch.no_grad():
         return (classifier(x_test).argmax(1) == test_labels).float().mean().item()
+
+
+def _all_reduce(x: Tensor, op=None) -> Tensor:
+    device = backend_device()
+    y = x.to(device)
+    dist.all_reduce(y, op=op or dist.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+@torch.no_grad()
+def _mean_std(features, device, block_rows: int, sharded: bool) -> tuple[Tensor, Tensor]:
+    """Column mean and (unbiased) std of all training features, in float64 sums over blocks."""
+    total = torch.zeros(features.shape[1], dtype=torch.float64, device=device)
+    squares, count = torch.zeros_like(total), torch.zeros((), dtype=torch.float64, device=device)
+    step = min(block_rows, 4096)  # float64 copies of 4096 rows at a time
+    for start in range(0, len(features), step):
+        block = features[start:start + step].to(device, torch.float64)
+        total, squares, count = total + block.sum(0), squares + block.square().sum(0), count + len(block)
+    if sharded:
+        total, squares, count = (_all_reduce(t) for t in (total, squares, count))
+    mean = total / count
+    variance = (squares - count * mean.square()) / (count - 1).clamp(min=1)
+    return mean.float(), variance.clamp(min=0).sqrt().float().clamp_min(1e-6)
+
+
+def _linear_probe_streamed(train_features, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
+                           epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int, sharded: bool,
+                           block_rows: int) -> float:
+    """:func:`linear_probe` over features that one process cannot or should not hold whole. Host
+    memory holds one block (``block_rows`` x D float32: 128 MB at D = 2048). Each rank takes
+    mini-batches of ``batch_size`` / ranks from its share; the loss of a step is the mean over the
+    whole step's images on all ranks, so the summed gradient equals that of one process taking the
+    same images. The classifier, its initialisation and the steps are the same on every rank."""
+    device = test_features.device
+    world = world_size() if sharded else 1
+    local_batch = max(batch_size // world, 1)
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = _mean_std(train_features, device, block_rows, sharded)
+    classes = torch.tensor([int(train_labels.max()) + 1 if len(train_labels) else 0, int(test_labels.max()) + 1])
+    if sharded:
+        classes = _all_reduce(classes, dist.ReduceOp.MAX)
+    classifier = torch.nn.Linear(train_features.shape[1], int(classes.max()))
+    with torch.no_grad():
+        classifier.weight.normal_(0, 0.01, generator=generator)
+        classifier.bias.zero_()
+    classifier.to(device)
+    blocks = [(start, min(start + block_rows, len(train_features))) for start in range(0, len(train_features), block_rows)]
+    steps = torch.tensor(sum(-(-(end - start) // local_batch) for start, end in blocks))
+    steps_per_epoch = int(_all_reduce(steps, dist.ReduceOp.MAX)) if sharded else int(steps)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch, eta_min=lr * 1e-4)
+    labels = train_labels.to(device)
+    for _ in range(epochs):
+        batches = []
+        for b in torch.randperm(len(blocks), generator=generator).tolist():
+            start, end = blocks[b]
+            order = torch.randperm(end - start, generator=generator) + start
+            batches += [(start, end, index) for index in order.split(local_batch)]
+        block_start, block = None, None
+        for step in range(steps_per_epoch):
+            if step < len(batches):
+                start, end, index = batches[step]
+                if start != block_start:  # the next block: read it once
+                    block_start = start
+                    block = (train_features[start:end].to(device, torch.float32) - mean) / std
+                x, y = block[(index - start).to(device)], labels[index.to(device)]
+            else:  # this rank's share ran out before another's: it adds nothing to the step
+                x, y = torch.zeros(0, classifier.in_features, device=device), labels[:0]
+            count = torch.tensor(float(len(y)), device=device)
+            if sharded:
+                count = _all_reduce(count)
+            loss = F.cross_entropy(classifier(x), y, reduction="sum") / count.clamp(min=1)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            if sharded:
+                for param in classifier.parameters():
+                    param.grad.copy_(_all_reduce(param.grad))
+            optimizer.step()
+            schedule.step()
+    with torch.no_grad():
+        x_test = (test_features.float() - mean) / std
+        return (classifier(x_test).argmax(1) == test_labels.to(device)).float().mean().item()
 
 
 class LinearClassifier(L.LightningModule):

@@ -1,72 +1,188 @@
-"""Lightning callbacks that evaluate the representation during pretraining."""
+"""Lightning callbacks that evaluate the representation during pretraining.
+
+**Bounded cost.** Each monitor works on a fixed, seeded, class-balanced subset
+(:func:`~spectral_ssl.data.balanced_subset`) of at most its budget of images, so what it costs
+does not grow with the dataset: the kNN bank holds at most ``max_bank`` clean training images and
+the held-out queries at most ``max_queries``; the spectrum and the online probe's evaluation use at
+most ``max_images`` held-out images. The held-out features are extracted once per epoch end and
+model for all three monitors (the largest budget; the others take their part of it).
+``every_n_epochs: 0`` turns a monitor off.
+
+**DDP.** Extraction is sharded over the ranks; the kNN bank stays sharded (each rank holds and
+searches its share, the per-rank top-k are merged: :func:`~spectral_ssl.evaluation.knn_predict`),
+the bounded held-out features are gathered. Every logged metric is therefore computed identically
+on every rank, and is logged without ``sync_dist``: no logging call issues a collective. (Lightning
+reduces a synced metric when it is first read, and its progress bar reads metrics on rank 0 only,
+so a synced metric made rank 0 issue a collective the other ranks did not: the gloo "collective
+mismatch" crash at the end of an epoch.) Search runs on the training device.
+"""
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 
+from ..data.subsets import balanced_order, balanced_subset
 from ..distributed import world_size
-from .features import apply_in_batches, extract_features
+from .features import apply_in_batches, extract_features, extract_shard
 from .knn import knn_accuracy
 from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary
 
+# Lightning suggests sync_dist for epoch-level metrics under DDP; ours are equal on every rank by construction
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(knn|online|spectrum|data)/")
+
 
 def _every(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Due after this epoch: every ``every_n_epochs`` epochs and after the last; never when 0."""
+    if every_n_epochs <= 0:
+        return False
     epoch = trainer.current_epoch + 1
     return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
 
 
-def _require(datamodule, method: str, who: str):
-    if not hasattr(datamodule, method):
-        raise TypeError(f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none")
+def _require(datamodule, methods: tuple[str, ...], who: str) -> None:
+    for method in methods:
+        if not hasattr(datamodule, method):
+            raise TypeError(f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none "
+                            f"(or turn it off: every_n_epochs=0)")
 
 
-def _held_out_features(trainer: L.Trainer, model, device, who: str):
-    """(features, labels) of the datamodule's clean held-out images through ``model`` (in eval
-    mode), extracted once per training step and model however many callbacks ask for them (the
-    kNN monitor, the spectrum monitor and the online probe all do at an epoch's end)."""
-    _require(trainer.datamodule, "knn_dataloaders", who)
-    key = (trainer.global_step, id(model))
-    cached = getattr(trainer, "_held_out_features", None)
-    if cached is None or cached[0] != key:
-        _, loader = trainer.datamodule.knn_dataloaders()
-        trainer._held_out_features = cached = (key, extract_features(model, loader, device))
-    return cached[1]
+def _check_budget(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive number of images or null (all of them), not {value}")
+
+
+class _HeldOutFeatures:
+    """The clean held-out images' features, shared by the monitors of one trainer. Each monitor
+    states its budget at setup; the first to ask at an epoch end extracts, for the current
+    (step, model), the balanced subset of the largest budget once, and every monitor gets the
+    rows of its own subset (a prefix of the same balanced order, so a part of what was extracted)."""
+
+    _by_trainer: "weakref.WeakKeyDictionary[L.Trainer, _HeldOutFeatures]" = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.budgets: dict[str, int | None] = {}
+        self.key: tuple | None = None
+
+    @classmethod
+    def of(cls, trainer: L.Trainer) -> "_HeldOutFeatures":
+        if trainer not in cls._by_trainer:
+            cls._by_trainer[trainer] = cls()
+        return cls._by_trainer[trainer]
+
+    def request(self, who: str, budget: int | None) -> None:
+        self.budgets[who] = budget
+
+    def _positions(self, datamodule, budget: int | None) -> Tensor:
+        labels = datamodule.labels("test")
+        if budget is None or budget >= len(labels):
+            return torch.arange(len(labels))
+        return torch.sort(balanced_order(labels, getattr(datamodule, "seed", 0))[:budget]).values
+
+    def get(self, trainer: L.Trainer, model, device, budget: int | None) -> tuple[Tensor, Tensor]:
+        budgets = list(self.budgets.values()) or [budget]
+        largest = None if None in budgets else max(budgets)
+        key = (trainer.global_step, id(model), largest)
+        if self.key != key:
+            datamodule = trainer.datamodule
+            positions = self._positions(datamodule, largest)
+            loader = datamodule.eval_dataloader("test", indices=positions)
+            self.key, self.positions = key, positions
+            self.features = extract_features(model, loader, device)
+        wanted = self._positions(trainer.datamodule, budget)
+        if len(wanted) == len(self.positions):
+            return self.features
+        rows = torch.searchsorted(self.positions, wanted)
+        return self.features[0][rows], self.features[1][rows]
+
+
+class RawPixels(nn.Module):
+    """The images themselves as features, average-pooled to ``size`` x ``size`` when larger (a
+    224 x 224 image would give 150,528 numbers; at 32 x 32, 3,072)."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[-1] > self.size or images.shape[-2] > self.size:
+            images = F.adaptive_avg_pool2d(images, self.size)
+        return images.flatten(1)
 
 
 class KNNMonitor(L.Callback):
-    """kNN top-1 of the backbone's features on the datamodule's held-out images, in both protocols:
-    weighted (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN
-    (L2, unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
+    """kNN top-1 of the backbone's features on held-out images, in both protocols: weighted
+    (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN (L2,
+    unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
 
-    The bank is the clean (un-augmented) training set from the datamodule's ``knn_dataloaders()``,
-    extracted with the model in eval mode (sharded over the ranks under DDP). At the start of
-    fitting it also measures the raw pixels and the randomly initialised network; after every
-    ``every_n_epochs`` epochs (and the last) the trained one. :meth:`summary` prints all of them.
+    The bank is a fixed, seeded, class-balanced subset of at most ``max_bank`` clean training
+    images (the whole training set when it is smaller; null: always all of it), extracted with
+    the model in eval mode, sharded over the ranks and never gathered; the queries at most
+    ``max_queries`` held-out images, chosen the same way. At the start of fitting
+    (``baselines``) it also measures, on the same bank and queries, the raw pixels (average-pooled
+    to ``raw_pixels_size`` when the images are larger) and the randomly initialised network; after
+    every ``every_n_epochs`` epochs (and the last) the trained one; 0 turns it off. :meth:`summary`
+    prints all of them.
     """
 
-    def __init__(self, k: int = 20, temperature: float | None = 0.07, every_n_epochs: int = 1) -> None:
+    def __init__(self, k: int = 20, temperature: float | None = 0.07, every_n_epochs: int = 1,
+                 max_bank: int | None = 50_000, max_queries: int | None = 10_000, raw_pixels_size: int = 32,
+                 baselines: bool = True) -> None:
+        _check_budget("knn.max_bank", max_bank)
+        _check_budget("knn.max_queries", max_queries)
         self.k, self.temperature, self.every_n_epochs = k, temperature, every_n_epochs
+        self.max_bank, self.max_queries, self.raw_pixels_size, self.baselines = (max_bank, max_queries,
+                                                                                 raw_pixels_size, baselines)
         self.results: dict[str, float] = {}  # weighted protocol
         self.results_l2: dict[str, float] = {}  # 5-NN L2 protocol
+        self.sizes: tuple[int, int] | None = None  # (bank, queries) of the last evaluation
+        self.raw_pixels_note = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_n_epochs > 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.enabled:
+            return
+        _require(trainer.datamodule, ("eval_dataloader", "labels"), "KNNMonitor")
+        _HeldOutFeatures.of(trainer).request("knn", self.max_queries)
+        available = len(trainer.datamodule.labels("train"))
+        bank = available if self.max_bank is None else min(self.max_bank, available)
+        if bank < max(self.k, 5):  # refused now, not at the first epoch's end
+            raise ValueError(f"knn.k={self.k} (and the 5-NN protocol) need a kNN bank of at least {max(self.k, 5)} "
+                             f"images; this one has {bank} (knn.max_bank={self.max_bank}, {available} training "
+                             "images): lower knn.k, raise knn.max_bank, or set knn.every_n_epochs=0")
 
     def _record(self, name: str, model, trainer: L.Trainer, device) -> None:
-        bank_loader, _ = trainer.datamodule.knn_dataloaders()
-        bank, bank_labels = extract_features(model, bank_loader, device)
-        queries, query_labels = _held_out_features(trainer, model, device, "KNNMonitor")
+        datamodule = trainer.datamodule
+        bank_indices = balanced_subset(datamodule.labels("train"), self.max_bank, getattr(datamodule, "seed", 0))
+        bank_loader = datamodule.eval_dataloader("train", indices=bank_indices)
+        bank, bank_labels, _ = extract_shard(model, bank_loader, device, out_device=device)
+        queries, query_labels = _HeldOutFeatures.of(trainer).get(trainer, model, device, self.max_queries)
+        queries = queries.to(device)
+        self.sizes = (len(bank_indices), len(queries))
         self.results[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k,
-                                          temperature=self.temperature)
+                                          temperature=self.temperature, sharded=True)
         self.results_l2[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=5, temperature=None,
-                                             metric="l2")
+                                             metric="l2", sharded=True)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _require(trainer.datamodule, "knn_dataloaders", "KNNMonitor")
+        if not (self.enabled and self.baselines):
+            return
         if "raw pixels" not in self.results:
-            self._record("raw pixels", lambda x: x.flatten(1), trainer, pl_module.device)
+            size = getattr(trainer.datamodule, "image_size", 0)
+            if size > self.raw_pixels_size:
+                self.raw_pixels_note = f" (average-pooled from {size}x{size} to {self.raw_pixels_size}x" \
+                                       f"{self.raw_pixels_size})"
+            self._record("raw pixels", RawPixels(self.raw_pixels_size), trainer, pl_module.device)
         if "random init" not in self.results and trainer.global_step == 0:
             self._record("random init", pl_module.backbone, trainer, pl_module.device)
 
@@ -74,14 +190,19 @@ class KNNMonitor(L.Callback):
         if not _every(trainer, self.every_n_epochs):
             return
         self._record("trained", pl_module.backbone, trainer, pl_module.device)
-        pl_module.log("knn/top1", self.results["trained"], sync_dist=True)  # equal on every rank
-        pl_module.log("knn/top1_5nn_l2", self.results_l2["trained"], sync_dist=True)
+        pl_module.log("knn/top1", self.results["trained"])  # the same on every rank: no sync_dist
+        pl_module.log("knn/top1_5nn_l2", self.results_l2["trained"])
 
     def summary(self) -> str:
+        if not self.enabled:
+            return "kNN monitor off (knn.every_n_epochs=0)"
         weighted = f"cosine k={self.k}, " + ("unweighted" if self.temperature is None else f"T={self.temperature}")
-        rows = [f"kNN top-1 on the held-out split:  {weighted:>20}  {'5-NN L2 (INTL)':>15}"]
+        sizes = f" ({self.sizes[0]:,} bank images, {self.sizes[1]:,} queries)" if self.sizes else ""
+        rows = [f"kNN top-1 on the held-out split{sizes}:  {weighted:>20}  {'5-NN L2 (INTL)':>15}"]
         rows += [f"  {name:<12} {100 * value:39.2f}%  {100 * self.results_l2.get(name, float('nan')):14.2f}%"
                  for name, value in self.results.items()]
+        if self.raw_pixels_note and "raw pixels" in self.results:
+            rows.append(f"  raw pixels{self.raw_pixels_note}")
         return "\n".join(rows)
 
     def state_dict(self) -> dict[str, Any]:
@@ -93,24 +214,43 @@ class KNNMonitor(L.Callback):
 
 
 class SpectrumMonitor(L.Callback):
-    """Every ``every_n_epochs`` epochs: the eigen-spectrum of the backbone features and of the
-    projector's embedding on the clean held-out images; logs ``spectrum/<features>/effective_rank``,
-    ``rankme`` and ``condition_number`` and a log-log plot of both spectra to TensorBoard."""
+    """Every ``every_n_epochs`` epochs (0: off): the eigen-spectrum of the backbone features and of
+    the projector's embedding on at most ``max_images`` clean held-out images (a class-balanced
+    subset); logs ``spectrum/<features>/effective_rank``, ``rankme`` and ``condition_number`` and a
+    log-log plot of both spectra to TensorBoard. N images can show at most N - 1 directions: with
+    fewer images than the embedding has dimensions, the cap is stated once at the start. The
+    covariance and its eigendecomposition (float64, O(D^3): about 5.5e11 flops at D = 8192) run on
+    the training device."""
 
-    def __init__(self, every_n_epochs: int = 5) -> None:
-        self.every_n_epochs = every_n_epochs
+    def __init__(self, every_n_epochs: int = 5, max_images: int | None = 10_000) -> None:
+        _check_budget("spectrum.max_images", max_images)
+        self.every_n_epochs, self.max_images = every_n_epochs, max_images
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.every_n_epochs <= 0:
+            return
+        _require(trainer.datamodule, ("eval_dataloader", "labels"), "SpectrumMonitor")
+        _HeldOutFeatures.of(trainer).request("spectrum", self.max_images)
+        available = len(trainer.datamodule.labels("test"))
+        images = available if self.max_images is None else min(self.max_images, available)
+        widths = [pl_module.backbone.num_features, getattr(pl_module.projector, "out_dim", 0)]
+        if images <= max(widths):
+            rank_zero_info(f"SpectrumMonitor: {images} held-out images for features of width {max(widths)}: "
+                           f"effective rank and RankMe are capped at {images - 1}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        features, _ = _held_out_features(trainer, pl_module.backbone, pl_module.device, "SpectrumMonitor")
-        embedding = apply_in_batches(pl_module.projector, features, pl_module.device)
+        device = pl_module.device
+        features, _ = _HeldOutFeatures.of(trainer).get(trainer, pl_module.backbone, device, self.max_images)
+        embedding = apply_in_batches(pl_module.projector, features, device)
         spectra = {}
         for name, values in (("backbone", features), ("embedding", embedding)):
-            for key, value in spectrum_summary(values).items():
+            values = values.to(device)
+            spectra[name] = covariance_spectrum(values).cpu()
+            for key, value in spectrum_summary(values, spectra[name]).items():
                 if key != "dim":
-                    pl_module.log(f"spectrum/{name}/{key}", value, sync_dist=True)
-            spectra[name] = covariance_spectrum(values)
+                    pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
         experiment = getattr(trainer.logger, "experiment", None)
         if trainer.is_global_zero and hasattr(experiment, "add_figure"):
             figure = plot_spectra(spectra, f"epoch {trainer.current_epoch + 1}")
@@ -120,33 +260,43 @@ class SpectrumMonitor(L.Callback):
 class OnlineLinearProbe(L.Callback):
     """A linear classifier trained alongside pretraining on the detached backbone features of
     view 0 (the method's ``step_features``; its own SGD optimizer, so the backbone never receives
-    its gradient); logs ``online/train_top1`` every step and ``online/top1`` on the clean held-out
-    images every ``every_n_epochs`` epochs. Labels < 0 (STL-10's unlabeled images) are ignored.
-    Nothing in its step waits for the device."""
+    its gradient); logs ``online/train_top1`` every step and ``online/top1`` on at most
+    ``max_images`` clean held-out images (a class-balanced subset) every ``every_n_epochs`` epochs;
+    0 turns it off (no classifier is trained). Labels < 0 (STL-10's unlabeled images) are ignored.
+    Its initialisation is seeded and its gradients are averaged over the ranks, so every rank holds
+    the same classifier. Nothing in its step waits for the device."""
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 every_n_epochs: int = 1) -> None:
+                 every_n_epochs: int = 1, max_images: int | None = 10_000) -> None:
+        _check_budget("online_probe.max_images", max_images)
         self.lr, self.momentum, self.weight_decay, self.every_n_epochs = lr, momentum, weight_decay, every_n_epochs
+        self.max_images = max_images
         self.classifier: nn.Linear | None = None
         self._pending_state: dict | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.every_n_epochs <= 0:
+            return
+        _HeldOutFeatures.of(trainer).request("online_probe", self.max_images)
         num_classes = getattr(trainer.datamodule, "num_classes", None)
         if num_classes is None:
             trainer.datamodule.setup(stage)
             num_classes = trainer.datamodule.num_classes
-        self.classifier = nn.Linear(pl_module.backbone.num_features, num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.classifier = nn.Linear(pl_module.backbone.num_features, num_classes)
         self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=self.lr, momentum=self.momentum,
                                          weight_decay=self.weight_decay)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.classifier.to(pl_module.device)
+        if self.classifier is not None:
+            self.classifier.to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         labels, features = batch[1], getattr(pl_module, "step_features", None)
-        if features is None or len(features) != len(labels):
+        if self.classifier is None or features is None or len(features) != len(labels):
             return
         known = (labels >= 0).float()  # a mask, not an index: no wait for the device
         with torch.autocast(pl_module.device.type, enabled=False):
@@ -166,11 +316,12 @@ class OnlineLinearProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        features, labels = _held_out_features(trainer, pl_module.backbone, pl_module.device, "OnlineLinearProbe")
+        features, labels = _HeldOutFeatures.of(trainer).get(trainer, pl_module.backbone, pl_module.device,
+                                                            self.max_images)
         with torch.no_grad():
             predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
         self.top1 = (predictions == labels).float().mean().item()
-        pl_module.log("online/top1", self.top1, sync_dist=True)
+        pl_module.log("online/top1", self.top1)  # the same on every rank: no sync_dist
 
     def state_dict(self) -> dict[str, Any]:
         if self.classifier is None:

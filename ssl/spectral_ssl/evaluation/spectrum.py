@@ -41,9 +41,10 @@ def condition_number(eigenvalues: Tensor) -> float:
     return float(eigenvalues.max()) / smallest if smallest > 0 else float("inf")
 
 
-def spectrum_summary(features: Tensor) -> dict[str, float]:
-    """Effective rank, RankMe and condition number of (N, D) features, and their width D."""
-    eigenvalues = covariance_spectrum(features)
+def spectrum_summary(features: Tensor, eigenvalues: Tensor | None = None) -> dict[str, float]:
+    """Effective rank, RankMe and condition number of (N, D) features, and their width D
+    (``eigenvalues``: their :func:`covariance_spectrum`, when already computed)."""
+    eigenvalues = covariance_spectrum(features) if eigenvalues is None else eigenvalues
     return {"effective_rank": effective_rank(eigenvalues), "rankme": rankme(features),
             "condition_number": condition_number(eigenvalues), "dim": float(features.shape[1])}
 

@@ -24,6 +24,13 @@ class SupervisedClassifier(SSLMethod):
                  optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all") -> None:
         super().__init__(backbone=backbone, projector_dims=[num_classes], optimizer=optimizer, trainable=trainable)
 
+    def on_fit_start(self) -> None:
+        classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if classes is not None and classes > self.projector.out_dim:
+            raise ValueError(f"the dataset has {classes} classes but model.num_classes={self.projector.out_dim}: "
+                             f"set --model.num_classes={classes}")
+        super().on_fit_start()
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         views, labels = batch
         images = views[0] if isinstance(views, (list, tuple)) else views
