@@ -73,7 +73,26 @@ def test_linear_fast_and_protocol(checkpoint, tmp_path, capsys):
     metrics = cli.metrics
     assert 0.3 < metrics["linear/top1"] <= metrics["linear/top5"] <= 1.0
     assert "linear top-1" in capsys.readouterr().out
-    assert (tmp_path / "linear" / "checkpoints" / "last.ckpt").exists()
+    (run,) = (tmp_path / "linear").iterdir()  # keyed by the evaluated checkpoint: <stem>-<sha256 prefix>
+    assert run.name.startswith("last-") and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_linear_runs_are_keyed_by_the_evaluated_checkpoint(checkpoint, tmp_path, capsys):
+    """Evaluating checkpoint B after A never resumes A's classifier: each gets its own folder."""
+    import shutil
+
+    other = tmp_path / "other.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, other)
+    shutil.copy(checkpoint, tmp_path / "first.ckpt")
+    args = ["--trainer.max_epochs=1", "--data.batch_size=64", "--output_dir", str(tmp_path / "runs"),
+            "--run_name", "linear", *FAST_RUN]
+    main(["linear", str(tmp_path / "first.ckpt"), *args])
+    capsys.readouterr()
+    main(["linear", str(other), *args])
+    assert "Resuming" not in capsys.readouterr().err
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "linear").iterdir()) == ["first", "other"]
 
 
 def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):

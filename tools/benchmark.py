@@ -416,6 +416,8 @@ def main() -> None:
     pipeline.add_argument("--out", type=Path, help="also write the markdown table here")
     scale = sub.add_parser("scale", help="cost of each component at growing dataset sizes, extrapolated")
     scale.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    scale.add_argument("--components", nargs="+", default=["index", "data", "monitors", "knn", "linear"],
+                       choices=["index", "data", "monitors", "knn", "linear"], help="what to measure (default: all)")
     scale.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     if args.benchmark == "scale":

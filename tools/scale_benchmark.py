@@ -348,73 +348,79 @@ def run_scale(args) -> str:
         rows.append(f"| {component} | {measured} | {exponent} | {n1k} | {n21k} | {bound} |")
         print(rows[-1], flush=True)
 
-    index = [measure(index_component, n) for n in trees]
-    scan = [r["scan_s"] for r in index]
-    per_image = index[-1]["scan_s"] / trees[-1]
-    row("index: scan of the tree", trees, scan, seconds, f"n^{growth(trees, scan):.2f}",
-        seconds(per_image * IMAGENET), seconds(per_image * IMAGENET_21K), "once per tree (cached)")
-    load = [r["load_s"] for r in index]
-    row("index: cached load", trees, load, seconds, f"n^{growth(trees, load):.2f}",
-        seconds(load[-1] / trees[-1] * IMAGENET), seconds(load[-1] / trees[-1] * IMAGENET_21K), "per process")
-    held = [r["bytes_per_image"] for r in index]
-    row("index: host memory per image", trees, held, lambda v: f"{v:.0f} B", "constant",
-        mb(held[-1] * IMAGENET), mb(held[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
+    if "index" in args.components:
+        index = [measure(index_component, n) for n in trees]
+        scan = [r["scan_s"] for r in index]
+        per_image = index[-1]["scan_s"] / trees[-1]
+        row("index: scan of the tree", trees, scan, seconds, f"n^{growth(trees, scan):.2f}",
+            seconds(per_image * IMAGENET), seconds(per_image * IMAGENET_21K), "once per tree (cached)")
+        load = [r["load_s"] for r in index]
+        row("index: cached load", trees, load, seconds, f"n^{growth(trees, load):.2f}",
+            seconds(load[-1] / trees[-1] * IMAGENET), seconds(load[-1] / trees[-1] * IMAGENET_21K), "per process")
+        held = [r["bytes_per_image"] for r in index]
+        row("index: host memory per image", trees, held, lambda v: f"{v:.0f} B", "constant",
+            mb(held[-1] * IMAGENET), mb(held[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
 
-    path = [measure(data_path_component, n, False) for n in trees]
-    per = [r["seconds_per_image"] for r in path]
-    row("data path: real ImageFolder loader, seconds per image (32 px views, 2 workers)", trees, per, seconds,
-        f"n^{growth(trees, per):.2f}", "constant per image", "constant per image", "linear in epoch size")
-    growth_bytes = [r["worker_growth"] for r in path]
-    row("data path: its worker private memory growth over the epoch", trees, growth_bytes, mb,
-        f"n^{growth(trees, growth_bytes):.2f}", "see next rows", "see next rows", "flat (goal)")
-    entries = [128_000, 512_000] if args.quick else [160_000, 640_000, IMAGENET]
-    for as_list, name in ((False, "ours (numpy ImageIndex)"), (True, "a Python list of tuples (torchvision)")):
-        results = [measure(index_workers_component, n, as_list) for n in entries]
-        grown = [max(r["worker_growth"], 0) for r in results]
-        slope = max(grown[-1] - grown[-2], 0) / (entries[-1] - entries[-2])  # bytes per entry beyond the noise
-        row(f"index under 2 workers, one epoch: worker private growth, {name}", entries, grown, mb,
-            f"{slope:.1f} B / image", mb(slope * IMAGENET) + " / worker", mb(slope * IMAGENET_21K) + " / worker",
-            "flat (goal)" if not as_list else "x workers x ranks")
-        held = [r["held"] for r in results]
-        row(f"index held by the main process, {name}", entries, held, mb, f"{held[-1] / entries[-1]:.0f} B / image",
-            mb(held[-1] / entries[-1] * IMAGENET), mb(held[-1] / entries[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
+    if "data" in args.components:
+        path = [measure(data_path_component, n, False) for n in trees]
+        per = [r["seconds_per_image"] for r in path]
+        row("data path: real ImageFolder loader, seconds per image (32 px views, 2 workers)", trees, per, seconds,
+            f"n^{growth(trees, per):.2f}", "constant per image", "constant per image", "linear in epoch size")
+        growth_bytes = [r["worker_growth"] for r in path]
+        row("data path: its worker private memory growth over the epoch", trees, growth_bytes, mb,
+            f"n^{growth(trees, growth_bytes):.2f}", "see next rows", "see next rows", "flat (goal)")
+        entries = [128_000, 512_000] if args.quick else [160_000, 640_000, IMAGENET]
+        for as_list, name in ((False, "ours (numpy ImageIndex)"), (True, "a Python list of tuples (torchvision)")):
+            results = [measure(index_workers_component, n, as_list) for n in entries]
+            grown = [max(r["worker_growth"], 0) for r in results]
+            slope = max(grown[-1] - grown[-2], 0) / (entries[-1] - entries[-2])  # bytes per entry beyond the noise
+            row(f"index under 2 workers, one epoch: worker private growth, {name}", entries, grown, mb,
+                f"{slope:.1f} B / image", mb(slope * IMAGENET) + " / worker", mb(slope * IMAGENET_21K) + " / worker",
+                "flat (goal)" if not as_list else "x workers x ranks")
+            held = [r["held"] for r in results]
+            row(f"index held by the main process, {name}", entries, held, mb, f"{held[-1] / entries[-1]:.0f} B / image",
+                mb(held[-1] / entries[-1] * IMAGENET), mb(held[-1] / entries[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        monitors = [measure(monitor_component, n, 50_000, tmp) for n in memory_sets]
-    for name in monitors[0]["seconds"]:
-        values = [m["seconds"][name] for m in monitors]
-        banks_used = ", ".join(f"{m['bank']:,}" for m in monitors)
-        row(f"{name} (bank {banks_used}; queries {monitors[0]['queries']:,})",
-            memory_sets, values, seconds, f"n^{growth(memory_sets, values):.2f}", "= budget's", "= budget's",
-            "bank <= knn.max_bank")
-    extra = [m["peak_over_data"] for m in monitors]
-    row("monitors: peak host memory beyond the dataset", memory_sets, extra, mb,
-        f"n^{growth(memory_sets, extra):.2f}", "= budget's", "= budget's", "independent of the dataset")
+    if "monitors" in args.components:
+        with tempfile.TemporaryDirectory() as tmp:
+            monitors = [measure(monitor_component, n, 50_000, tmp) for n in memory_sets]
+        for name in monitors[0]["seconds"]:
+            values = [m["seconds"][name] for m in monitors]
+            banks_used = ", ".join(f"{m['bank']:,}" for m in monitors)
+            row(f"{name} (bank {banks_used}; queries {monitors[0]['queries']:,})",
+                memory_sets, values, seconds, f"n^{growth(memory_sets, values):.2f}", "= budget's", "= budget's",
+                "bank <= knn.max_bank")
+        extra = [m["peak_over_data"] for m in monitors]
+        row("monitors: peak host memory beyond the dataset", memory_sets, extra, mb,
+            f"n^{growth(memory_sets, extra):.2f}", "= budget's", "= budget's", "independent of the dataset")
 
-    for in_file in (False, True):
-        results = [measure(knn_component, n, queries, in_file) for n in banks]
-        times = [r["seconds"] for r in results]
-        per_pair = times[-1] / (banks[-1] * queries)
-        where = "bank in a FeatureFile" if in_file else "bank in memory"
-        row(f"knn: search, {queries:,} queries x 2048-d, {where}", banks, times, seconds,
-            f"n^{growth(banks, times):.2f}", seconds(per_pair * IMAGENET * 50_000) + " (50 k queries, CPU)",
-            seconds(per_pair * IMAGENET_21K * 50_000) + " (CPU)", "linear in bank x queries")
-        peaks = [r["peak_over_start"] + r["resident_bank"] for r in results]
-        row(f"knn: peak host memory, {where}", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
-            mb(peaks[-1] / banks[-1] * IMAGENET) if not in_file else mb(peaks[-1]),
-            mb(peaks[-1] / banks[-1] * IMAGENET_21K) if not in_file else mb(peaks[-1]),
-            "bank / ranks" if not in_file else "one chunk + queries")
-    linear = [measure(linear_component, n) for n in banks]
-    times = [r["seconds_per_epoch"] for r in linear]
-    row("linear --fast: one epoch, features in a FeatureFile (CPU)", banks, times, seconds,
-        f"n^{growth(banks, times):.2f}", seconds(times[-1] / banks[-1] * IMAGENET),
-        seconds(times[-1] / banks[-1] * IMAGENET_21K), "x 100 epochs")
-    peaks = [r["peak_over_start"] for r in linear]
-    row("linear --fast: peak host memory, FeatureFile", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
-        mb(peaks[-1]), mb(peaks[-1]), "one block (16,384 rows)")
+    if "knn" in args.components:
+        for in_file in (False, True):
+            results = [measure(knn_component, n, queries, in_file) for n in banks]
+            times = [r["seconds"] for r in results]
+            per_pair = times[-1] / (banks[-1] * queries)
+            where = "bank in a FeatureFile" if in_file else "bank in memory"
+            row(f"knn: search, {queries:,} queries x 2048-d, {where}", banks, times, seconds,
+                f"n^{growth(banks, times):.2f}", seconds(per_pair * IMAGENET * 50_000) + " (50 k queries, CPU)",
+                seconds(per_pair * IMAGENET_21K * 50_000) + " (CPU)", "linear in bank x queries")
+            peaks = [r["peak_over_start"] + r["resident_bank"] for r in results]
+            row(f"knn: peak host memory, {where}", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
+                mb(peaks[-1] / banks[-1] * IMAGENET) if not in_file else mb(peaks[-1]),
+                mb(peaks[-1] / banks[-1] * IMAGENET_21K) if not in_file else mb(peaks[-1]),
+                "bank / ranks" if not in_file else "one chunk + queries")
+    if "linear" in args.components:
+        linear = [measure(linear_component, n) for n in banks]
+        times = [r["seconds_per_epoch"] for r in linear]
+        row("linear --fast: one epoch, features in a FeatureFile (CPU)", banks, times, seconds,
+            f"n^{growth(banks, times):.2f}", seconds(times[-1] / banks[-1] * IMAGENET),
+            seconds(times[-1] / banks[-1] * IMAGENET_21K), "x 100 epochs")
+        peaks = [r["peak_over_start"] for r in linear]
+        row("linear --fast: peak host memory, FeatureFile", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
+            mb(peaks[-1]), mb(peaks[-1]), "one block (16,384 rows)")
 
     header = [f"Scale benchmark; CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d')}. Extrapolated linearly from the largest size measured.", "",
               "| component | measured (images: value) | growth | ImageNet-1k (1.28 M) | ImageNet-21k (14 M) | bound |",
               "|---|---|---|---|---|---|"]
-    return "\n".join(header + rows + ["", f"Command: `python tools/benchmark.py scale{' --quick' if args.quick else ''}`"])
+    command = " ".join(sys.argv[1:]) or "scale"
+    return "\n".join(header + rows + ["", f"Command: `python tools/benchmark.py {command}`"])

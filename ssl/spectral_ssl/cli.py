@@ -31,8 +31,8 @@ class TrainCLI(LightningCLI):
     """LightningCLI with a run folder, automatic resume and a kNN monitor."""
 
     def __init__(self, *args, default_model: str | None = "spectral_ssl.methods.INTL", monitors: bool = True,
-                 **kwargs) -> None:
-        self.default_model, self.monitors = default_model, monitors
+                 run_key: str | None = None, **kwargs) -> None:
+        self.default_model, self.monitors, self.run_key = default_model, monitors, run_key
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -59,7 +59,8 @@ class TrainCLI(LightningCLI):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config_init["output_dir"]).expanduser().resolve() / self.config_init["run_name"]
+        run_dir = Path(self.config_init["output_dir"]).expanduser().resolve() / self.config_init["run_name"]
+        return run_dir / self.run_key if self.run_key else run_dir
 
     def callback(self, kind: type[Callback]) -> Callback:
         return next(c for c in self.trainer.callbacks if isinstance(c, kind))
@@ -208,7 +209,8 @@ def linear(args: list[str]):
         return main_guard(linear_fast, args)
     if args and not args[0].startswith("-"):  # the checkpoint as the first argument
         args = [f"--model.checkpoint={args[0]}", *args[1:]]
-    cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False)
+    cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False,
+               run_key=_evaluated_key(args))
     data = LinearEvaluationData(cli.datamodule)
     _fit(cli, data)
     metrics = cli.trainer.validate(cli.model, datamodule=data, verbose=False)[0]
@@ -217,6 +219,20 @@ def linear(args: list[str]):
               f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)")
     cli.metrics = metrics
     return cli
+
+
+def _evaluated_key(args: list[str]) -> str | None:
+    """``<file stem>-<first 12 hex digits of its SHA-256>`` of the checkpoint a linear evaluation
+    evaluates: its classifier run lives in ``<output_dir>/<run_name>/<key>/``, so evaluating
+    another checkpoint (or the same path rewritten) never resumes a classifier of another backbone."""
+    import hashlib
+
+    given = [a.split("=", 1)[1] for a in args if a.startswith(("--model.checkpoint=", "--model.init_args.checkpoint="))]
+    if not given or not Path(given[-1]).is_file():
+        return None  # given in a config file, or missing (the model reports it)
+    with open(given[-1], "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{Path(given[-1]).stem}-{digest[:12]}"
 
 
 def knn(args: list[str]):

@@ -14,8 +14,8 @@ the answer does not depend on how the bank is chunked or sharded. It runs in chu
 the queries' device (the training GPU in the monitors: chunked matmul + top-k, no faiss needed;
 the bank may live on another device or in a :class:`~spectral_ssl.evaluation.features.FeatureFile`
 and is read a chunk at a time), or with faiss (exact flat indexes; a GPU index when faiss has
-GPU support) for a bank held in host memory. ``backend="auto"`` takes torch when the queries are
-on a GPU or the bank is in a file, else faiss when it is installed.
+GPU support) for a bank held in host memory, when asked for (``backend="faiss"``: it copies the
+bank twice, normalized and into its index). ``backend="auto"`` is torch.
 
 Under DDP, ``sharded=True`` lets each rank hold only its contiguous share of the bank: every
 rank searches its share for all queries, and the per-rank top-k (scores, bank indices, labels)
@@ -137,7 +137,7 @@ def knn_predict(bank, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
 
     With ``temperature`` the k nearest vote with weight exp(cosine similarity / T) (the weight
     needs the cosine, so it requires ``metric="cosine"``); with None each votes 1 (majority;
-    ties go to the smallest label). ``backend``: "faiss", "torch" or "auto". ``sharded``: under
+    ties go to the smallest label). ``backend``: "torch" (= "auto") or "faiss". ``sharded``: under
     DDP, ``bank`` / ``bank_labels`` are this rank's contiguous share, in rank order, and every
     rank passes the same queries; all ranks return the single-process answer.
     """
@@ -159,10 +159,8 @@ def knn_predict(bank, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
         raise ValueError(f"k={k} needs a bank of at least k images (and k >= 1); the bank has {total}")
     num_classes = num_classes or classes
     queries = F.normalize(queries.float(), dim=1) if normalize else queries.float()
-    use_faiss = backend == "faiss" or (backend == "auto" and isinstance(bank, Tensor) and bank.device.type == "cpu"
-                                       and queries.device.type == "cpu" and faiss_available())
     if len(bank):
-        search = _search_faiss if use_faiss else _search_torch
+        search = _search_faiss if backend == "faiss" else _search_torch
         scores, index = search(bank, queries, k, metric, normalize, chunk_size)
     else:  # an empty share: nothing to offer to the merge
         scores = torch.full((len(queries), 0), float("-inf"), device=queries.device)
