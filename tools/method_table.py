@@ -44,7 +44,7 @@ DEFAULT = ["intl", "st", "barlow_twins", "vicreg", "wmse", "simclr", "byol"]
 def run(name: str, epochs: int, out: Path) -> dict:
     cls, extra = METHODS[name]
     args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), "--run_name", name,
-            "--resume=false", f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
+            "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
             f"--model=spectral_ssl.methods.{cls}", *extra]
     start = time.time()
     cli = pretrain(args)

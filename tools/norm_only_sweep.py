@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def common(config: str, norm: str, mode: str, epochs: int, out: Path, prefix: str) -> list[str]:
     return ["--config", str(ROOT / "configs" / config), "--output_dir", str(out), "--run_name",
-            f"{prefix}_{norm}_{mode}", "--resume=false", f"--trainer.max_epochs={epochs}",
+            f"{prefix}_{norm}_{mode}", "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}",
             "--trainer.enable_progress_bar=false", f"--model.backbone.norm={norm}", f"--model.trainable={mode}"]
 
 

@@ -30,7 +30,7 @@ DEFAULT_NORMS = ["bn", "gn", "ln", "pln", "pln+pln", "lng", "iternorm", "none"]
 def run(entry: str, epochs: int, out: Path) -> dict:
     norm, _, act = entry.partition("+")
     args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-            "--run_name", entry.replace("+", "_act_"), "--resume=false", f"--trainer.max_epochs={epochs}",
+            "--run_name", entry.replace("+", "_act_"), "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}",
             "--trainer.enable_progress_bar=false", f"--model.backbone.norm={norm}"]
     if act:
         args.append(f"--model.backbone.act={act}")
