@@ -43,14 +43,6 @@ PROTOCOLS = {  # name: keyword arguments of knn_predict
 }
 
 
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def best_k(scores: Tensor, index: Tensor, k: int, *others: Tensor) -> tuple[Tensor, ...]:
     """Per row, the ``k`` best columns by (score descending, bank index ascending): exact, with
     ties resolved the same way whatever the order of the columns. ``others`` (same shape) are
