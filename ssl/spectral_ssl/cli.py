@@ -10,7 +10,6 @@ from ``last.ckpt`` (``--resume=false`` starts over).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from .data import UnreadableImageError
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
@@ -114,7 +114,7 @@ def _cli(args: list[str], command: str, model_class=SSLMethod, **kwargs) -> Trai
 def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainCLI:
     data = getattr(datamodule, "data", datamodule) or cli.datamodule
     if getattr(data, "index_cache", "") is None:  # an ImageFolder's file index: built once, kept with the run
-        data.index_cache = str(cli.run_dir.resolve() / "index")
+        data.index_cache = str(cli.run_dir / "index")
     try:
         ckpt_path = _checkpoint_to_resume(cli)
         cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=ckpt_path)
@@ -142,7 +142,7 @@ def _checkpoint_to_resume(cli: TrainCLI) -> str | None:
             raise ValueError(f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not mix a "
                              "new run into it: give a new --run_name, or add --overwrite=true to move the old run "
                              "aside first")
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+        if rank_zero_only.rank == 0:  # Lightning's reading of the launcher's variables (torchrun, SLURM)
             print(f"Moved the old run aside to {move_aside(run_dir)}", file=sys.stderr)
     return None
 

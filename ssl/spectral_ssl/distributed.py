@@ -49,6 +49,14 @@ def gather_rows(x: Tensor) -> Tensor:
     return torch.cat([part[:int(size)] for part, size in zip(parts, sizes)]).to(x.device)
 
 
+def all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
+    """``x`` reduced over the ranks (a new tensor on ``x``'s device), moved through the device the
+    default group's collectives need."""
+    y = x.to(backend_device())
+    dist.all_reduce(y, op=op)
+    return y.to(x.device)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sends each rank the gradient of its own slice.
 

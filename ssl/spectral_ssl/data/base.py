@@ -105,6 +105,8 @@ class SSLDataModule(L.LightningDataModule):
     # --- loaders -----------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
                 collate_fn: Callable = collate_skipping) -> DataLoader:
+        if drop_last:  # the pretraining loaders: every batch full
+            self.check_batch_size(len(dataset))  # type: ignore[arg-type]
         trainer = self.trainer
         sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
                                      rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=self.seed,
@@ -118,7 +120,6 @@ class SSLDataModule(L.LightningDataModule):
             dataset: Dataset = _Indices(self.pretrain_tensors()[1])
         else:
             dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
-        self.check_batch_size(len(dataset))  # type: ignore[arg-type]
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
 
     def check_batch_size(self, images: int) -> None:

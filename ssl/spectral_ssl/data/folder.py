@@ -187,7 +187,6 @@ class ImageFolderDataModule(SSLDataModule):
         if not self.augment_on_device:
             return super().train_dataloader()
         self.setup()
-        self.check_batch_size(len(self.samples["train"]))
         return self._loader(EncodedImageDataset(self.samples["train"], self.on_corrupt), self.batch_size, shuffle=True,
                             drop_last=True, collate_fn=collate_encoded)
 

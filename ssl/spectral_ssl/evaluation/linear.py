@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import backend_device, world_size
+from ..distributed import all_reduce, world_size
 
 
 def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
@@ -37,14 +37,9 @@ def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, te
     mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
     x_train, x_test = (train_features.float() - mean) / std, (test_features.float() - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    classifier = torch.nn.Linear(x_train.shape[1], num_classes)
-    with torch.no_grad():
-        classifier.weight.normal_(0, 0.01, generator=generator)
-        classifier.bias.zero_()
-    classifier.to(x_train.device)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(x_train) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch, eta_min=lr * 1e-4)
+    classifier, optimizer, schedule = _classifier(x_train.shape[1], num_classes, x_train.device, generator, lr,
+                                                  weight_decay, epochs * steps_per_epoch)
     for _ in range(epochs):
         for index in torch.randperm(len(x_train), generator=generator).to(x_train.device).split(batch_size):
             loss = F.cross_entropy(classifier(x_train[index]), train_labels[index])
@@ -56,11 +51,18 @@ def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, te
         return (classifier(x_test).argmax(1) == test_labels).float().mean().item()
 
 
-def _all_reduce(x: Tensor, op=None) -> Tensor:
-    device = backend_device()
-    y = x.to(device)
-    dist.all_reduce(y, op=op or dist.ReduceOp.SUM)
-    return y.to(x.device)
+def _classifier(dim: int, num_classes: int, device, generator: torch.Generator, lr: float, weight_decay: float,
+                total_steps: int):
+    """The probe's linear classifier (weights N(0, 0.01) from ``generator``, bias 0) on ``device``,
+    its Adam optimizer and the cosine schedule to 1e-4 x lr over ``total_steps``."""
+    classifier = torch.nn.Linear(dim, num_classes)
+    with torch.no_grad():
+        classifier.weight.normal_(0, 0.01, generator=generator)
+        classifier.bias.zero_()
+    classifier.to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps, eta_min=lr * 1e-4)
+    return classifier, optimizer, schedule
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def _mean_std(features, device, block_rows: int, sharded: bool) -> tuple[Tensor,
         block = features[start:start + step].to(device, torch.float64)
         total, squares, count = total + block.sum(0), squares + block.square().sum(0), count + len(block)
     if sharded:
-        total, squares, count = (_all_reduce(t) for t in (total, squares, count))
+        total, squares, count = (all_reduce(t) for t in (total, squares, count))
     mean = total / count
     variance = (squares - count * mean.square()) / (count - 1).clamp(min=1)
     return mean.float(), variance.clamp(min=0).sqrt().float().clamp_min(1e-6)
@@ -94,17 +96,12 @@ def _linear_probe_streamed(train_features, train_labels: Tensor, test_features: 
     mean, std = _mean_std(train_features, device, block_rows, sharded)
     classes = torch.tensor([int(train_labels.max()) + 1 if len(train_labels) else 0, int(test_labels.max()) + 1])
     if sharded:
-        classes = _all_reduce(classes, dist.ReduceOp.MAX)
-    classifier = torch.nn.Linear(train_features.shape[1], int(classes.max()))
-    with torch.no_grad():
-        classifier.weight.normal_(0, 0.01, generator=generator)
-        classifier.bias.zero_()
-    classifier.to(device)
+        classes = all_reduce(classes, dist.ReduceOp.MAX)
     blocks = [(start, min(start + block_rows, len(train_features))) for start in range(0, len(train_features), block_rows)]
     steps = torch.tensor(sum(-(-(end - start) // local_batch) for start, end in blocks))
-    steps_per_epoch = int(_all_reduce(steps, dist.ReduceOp.MAX)) if sharded else int(steps)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch, eta_min=lr * 1e-4)
+    steps_per_epoch = int(all_reduce(steps, dist.ReduceOp.MAX)) if sharded else int(steps)
+    classifier, optimizer, schedule = _classifier(train_features.shape[1], int(classes.max()), device, generator, lr,
+                                                  weight_decay, epochs * steps_per_epoch)
     labels = train_labels.to(device)
     for _ in range(epochs):
         batches = []
@@ -124,13 +121,13 @@ def _linear_probe_streamed(train_features, train_labels: Tensor, test_features: 
                 x, y = torch.zeros(0, classifier.in_features, device=device), labels[:0]
             count = torch.tensor(float(len(y)), device=device)
             if sharded:
-                count = _all_reduce(count)
+                count = all_reduce(count)
             loss = F.cross_entropy(classifier(x), y, reduction="sum") / count.clamp(min=1)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if sharded:
                 for param in classifier.parameters():
-                    param.grad.copy_(_all_reduce(param.grad))
+                    param.grad.copy_(all_reduce(param.grad))
             optimizer.step()
             schedule.step()
     with torch.no_grad():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from ..data.subsets import balanced_order, balanced_subset
+from ..data.subsets import balanced_subset
 from ..distributed import world_size
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import knn_accuracy
@@ -81,10 +81,7 @@ class _HeldOutFeatures:
         self.budgets[who] = budget
 
     def _positions(self, datamodule, budget: int | None) -> Tensor:
-        labels = datamodule.labels("test")
-        if budget is None or budget >= len(labels):
-            return torch.arange(len(labels))
-        return torch.sort(balanced_order(labels, getattr(datamodule, "seed", 0))[:budget]).values
+        return balanced_subset(datamodule.labels("test"), budget, getattr(datamodule, "seed", 0))
 
     def get(self, trainer: L.Trainer, model, device, budget: int | None) -> tuple[Tensor, Tensor]:
         budgets = list(self.budgets.values()) or [budget]
@@ -143,7 +140,7 @@ class KNNMonitor(L.Callback):
         self.results: dict[str, float] = {}  # weighted protocol
         self.results_l2: dict[str, float] = {}  # 5-NN L2 protocol
         self.sizes: tuple[int, int] | None = None  # (bank, queries) of the last evaluation
-        self.raw_pixels_note = ""
+        self.raw_pixels, self.raw_pixels_note = RawPixels(raw_pixels_size), ""
 
     @property
     def enabled(self) -> bool:
@@ -182,7 +179,7 @@ class KNNMonitor(L.Callback):
             if size > self.raw_pixels_size:
                 self.raw_pixels_note = f" (average-pooled from {size}x{size} to {self.raw_pixels_size}x" \
                                        f"{self.raw_pixels_size})"
-            self._record("raw pixels", RawPixels(self.raw_pixels_size), trainer, pl_module.device)
+            self._record("raw pixels", self.raw_pixels, trainer, pl_module.device)
         if "random init" not in self.results and trainer.global_step == 0:
             self._record("random init", pl_module.backbone, trainer, pl_module.device)
 
