@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spectral_ssl.models import create_backbone
-from spectral_ssl.optim import OptimizerConfig, build_optimizer, parameter_groups, warmup_cosine
+from spectral_ssl.optim import OptimizerConfig, WarmupCosine, build_optimizer, parameter_groups
 
 
 def test_bias_and_norm_parameters_are_excluded_by_module_type():
@@ -31,7 +31,7 @@ def test_build_optimizer(name, cls):
 def test_warmup_then_cosine_to_min_ratio():
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
     warmup, total, ratio = 5, 25, 0.001
-    scheduler = warmup_cosine(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
+    scheduler = WarmupCosine(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
     lrs = []
     for _ in range(total):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -41,6 +41,27 @@ def test_warmup_then_cosine_to_min_ratio():
     expected += [ratio + (1 - ratio) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
                  for t in range(warmup, total)]
     assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_loaded_schedule_continues_at_the_same_epoch_on_the_new_plan():
+    """The checkpointed schedule is a position (step, steps per epoch): resumed with another peak
+    lr, length and steps per epoch, it continues at the same point of training on the new plan."""
+    def schedule(lr, steps_per_epoch, epochs):
+        optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=lr)
+        return optimizer, WarmupCosine(optimizer, warmup_steps=2 * steps_per_epoch,
+                                       total_steps=epochs * steps_per_epoch, min_lr_ratio=0.01,
+                                       steps_per_epoch=steps_per_epoch)
+
+    optimizer, before = schedule(1.0, 10, epochs=10)
+    for _ in range(30):  # 3 epochs of 10 steps
+        optimizer.step()
+        before.step()
+    optimizer, after = schedule(0.5, 20, epochs=20)  # half the lr, twice the steps per epoch, twice the epochs
+    optimizer.param_groups[0]["lr"] = 9.0  # what the checkpoint's optimizer state brings back
+    after.load_state_dict(before.state_dict())
+    assert after.last_epoch == 60  # epoch 3 of 20 steps
+    expected = 0.5 * (0.01 + 0.99 * (1 + math.cos(math.pi * (60 - 40) / (400 - 40))) / 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_custom_norm_layers_count_as_norms_for_weight_decay():

@@ -1,15 +1,24 @@
 """A run folder is one run: resolved paths, the newest intact checkpoint, no mixing of runs, and
 checkpoint writes that cannot leave a half-written file or fail silently."""
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spectral_ssl.cli import main
 from spectral_ssl.runs import AtomicCheckpointIO, newest_intact_checkpoint
 from test_pretrain import TINY
 
+MARKER = None  # the file a malicious pickle would create
 RUN = [*TINY, "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--run_name", "tiny"]
 
 
@@ -39,16 +48,118 @@ def test_starting_over_in_a_folder_that_holds_a_run_is_refused_or_moves_it_aside
 
 
 def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, capsys):
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--checkpoint.save_top_k=-1", "--output_dir", str(tmp_path)])
     folder = tmp_path / "tiny" / "checkpoints"
-    (intact,) = folder.glob("epoch=*.ckpt")  # Lightning's epoch checkpoint beside last.ckpt
     last = folder / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:1000])  # killed mid-write on a filesystem without atomic rename
-    assert newest_intact_checkpoint(folder)[0] == intact
+    assert last.is_symlink() and last.resolve().name.startswith("epoch=1-")  # a link, not a second copy
+    newest = last.resolve()
+    newest.write_bytes(newest.read_bytes()[:1000])  # killed mid-write on a filesystem without atomic rename
+    (intact,) = folder.glob("epoch=0-*.ckpt")
+    (folder / ".epoch=1-step=44.ckpt.tmp-999").write_bytes(b"half a write")
+    assert newest_intact_checkpoint(list(folder.glob("*.ckpt")))[0] == intact
     main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert "last.ckpt is damaged" in err and f"Resuming from {intact}" in err
-    assert epochs_of(last) == 1
+    assert f"{last} is damaged" in err and f"{newest} is damaged" in err and f"Resuming from {intact}" in err
+    assert "tmp-999, a checkpoint write that was interrupted" in err
+    assert epochs_of(last) == 1 and not list(folder.glob(".*tmp-*"))
+
+
+def test_a_moved_run_folder_continues_as_the_same_run(tmp_path):
+    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path / "old")])
+    shutil.move(tmp_path / "old", tmp_path / "new")  # last.ckpt is a relative link: it moves with the folder
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path / "new")])
+    assert epochs_of(tmp_path / "new" / "tiny" / "checkpoints" / "last.ckpt") == 1
+
+
+class _Payload:
+    def __reduce__(self):
+        return os.system, (f"touch {MARKER}",)
+
+
+def test_a_malicious_checkpoint_is_never_unpickled(tmp_path, monkeypatch, capsys):
+    """A checkpoint holding a pickled callable (here: one that would create a file) is refused as
+    ``--ckpt_path`` and passed over on automatic resume; its code never runs."""
+    global MARKER
+    MARKER = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload()}, evil)
+    with pytest.raises(SystemExit, match=r"error: --ckpt_path=.*evil\.ckpt: UnpicklingError"):
+        main(["pretrain", *RUN, "--output_dir", str(tmp_path), f"--ckpt_path={evil}"])
+    folder = tmp_path / "tiny" / "checkpoints"
+    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
+    shutil.copy(evil, folder / "hpc_ckpt_9.ckpt")
+    shutil.copy(evil, tmp_path / "tiny" / "hpc_ckpt_9.ckpt")  # newer than last.ckpt
+    capsys.readouterr()
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
+    assert "hpc_ckpt_9.ckpt is damaged (UnpicklingError" in capsys.readouterr().err
+    assert not MARKER.exists() and epochs_of(folder / "last.ckpt") == 1
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path):
+    """SIGKILL while a large checkpoint is being written: the target still holds the previous
+    checkpoint (or none), never part of the new one; only the temporary file is partial."""
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    script = ("import torch, sys; from spectral_ssl.runs import AtomicCheckpointIO; "
+              "AtomicCheckpointIO().save_checkpoint({'state_dict': {'w': torch.ones(2**26)}}, sys.argv[1])")
+    process = subprocess.Popen([sys.executable, "-c", script, str(target)])
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".last.ckpt.tmp-*")) and time.time() < deadline:
+        time.sleep(0.001)
+    process.kill()
+    process.wait()
+    (partial,) = tmp_path.glob(".last.ckpt.tmp-*")
+    assert partial.stat().st_size < 2**28  # killed mid-write
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.zeros(3))
+
+
+def test_resuming_with_changed_settings_refuses_before_touching_anything_or_applies_and_states(tmp_path, capsys):
+    """A key that defines the run (width) is refused, naming it, with config.yaml and checkpoints
+    untouched; max_epochs and the learning rate are applied: the resumed epoch's learning rates
+    are those of a run planned that way from the start (x 0.5 for half the lr)."""
+    def lrs(name):
+        events = EventAccumulator(str(tmp_path / name))
+        events.Reload()
+        return [e.value for e in events.Scalars("train/lr")][-steps_per_epoch:]
+
+    steps_per_epoch = 1437 // 64
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "straight"])
+    for name in ("same_lr", "half_lr"):
+        main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", name])
+    run = tmp_path / "same_lr"
+    before = {p: p.read_bytes() for p in [run / "config.yaml", *(run / "checkpoints").iterdir()]}
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"error: .*other settings .*model\.backbone\.width: 8 -> 16\. These cannot "
+                                         r"change within a run: drop them to resume it, or give a new --run_name"):
+        main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "same_lr",
+              "--model.backbone.width=16"])
+    assert {p: p.read_bytes() for p in before} == before
+
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "same_lr"])
+    assert "applied from here on: trainer.max_epochs: 1 -> 2" in capsys.readouterr().err
+    lr = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["lr"]
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "half_lr",
+          f"--model.optimizer.lr={lr / 2}"])
+    assert f"model.optimizer.lr: {lr} -> {lr / 2}" in capsys.readouterr().err
+    assert lrs("same_lr") == pytest.approx(lrs("straight"), rel=1e-6)
+    assert lrs("half_lr") == pytest.approx([v / 2 for v in lrs("straight")], rel=1e-6)
+    assert yaml.safe_load((tmp_path / "half_lr" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+
+
+def test_ckpt_path_chooses_the_checkpoint_like_lightning(tmp_path, capsys):
+    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", "first"])
+    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "second",
+          f"--ckpt_path={first}"])  # continues another folder's checkpoint into this one
+    assert f"Resuming from {first.resolve()}" in capsys.readouterr().err
+    assert epochs_of(tmp_path / "second" / "checkpoints" / "last.ckpt") == 1
+    with pytest.raises(SystemExit, match=r"error: no intact checkpoint named hpc_ckpt_N\.ckpt in .*second"):
+        main(["pretrain", *RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path), "--run_name", "second",
+              "--ckpt_path=hpc"])
+    with pytest.raises(SystemExit, match=r"error: --ckpt_path=missing\.ckpt: no such file"):
+        main(["pretrain", *RUN, "--output_dir", str(tmp_path), "--run_name", "second", "--ckpt_path=missing.ckpt"])
+    with pytest.raises(SystemExit, match=r"--ckpt_path resumes a run; drop it or --resume=false"):
+        main(["pretrain", *RUN, "--output_dir", str(tmp_path), "--run_name", "x", "--ckpt_path=last", "--resume=false"])
 
 
 def test_checkpoint_writes_are_atomic_and_a_failed_write_stops_the_run(tmp_path):
@@ -59,18 +170,116 @@ def test_checkpoint_writes_are_atomic_and_a_failed_write_stops_the_run(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
-def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path, monkeypatch):
-    """A write that fails (here: the rename into the folder is refused) ends the run with exit 1
-    and the reason, and leaves the previous checkpoint intact (Lightning's IO logs and goes on)."""
+def test_a_mid_epoch_checkpoint_refuses_another_batch_layout_before_touching_the_run(tmp_path):
+    args = [*RUN, "--trainer.max_steps=5", "--checkpoint.every_n_train_steps=5", "--output_dir", str(tmp_path)]
+    main(["pretrain", *args])
+    config = (tmp_path / "tiny" / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit, match=r"error: the checkpoint was written mid-epoch by 1 process\(es\) x 64 images "
+                                         r"per batch; it resumes only with the same, not 1 x 32"):
+        main(["pretrain", *args, "--data.batch_size=32"])
+    assert (tmp_path / "tiny" / "config.yaml").read_bytes() == config
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """The folder made read-only for this process: ``chmod``, or for root (whom modes do not stop)
+    the immutable attribute."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root, and this filesystem has no immutable attribute: no way to make a folder read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path):
+    """A copied run whose checkpoints folder is read-only: the resumed run stops with exit 1 and
+    the reason at its first checkpoint, and the previous checkpoint stays intact (Lightning's own
+    IO logs the PermissionError and goes on, exit 0 without the checkpoint)."""
     main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
-    last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
-    before = last.read_bytes()
+    folder = tmp_path / "tiny" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with read_only(folder):
+        with pytest.raises(SystemExit, match=r"error: could not write checkpoint .*(Permission denied|not permitted).* "
+                                             r"free space or fix the folder's permissions"):
+            main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
-    def refuse(source, target):
-        raise PermissionError(13, "Permission denied", str(target))
 
-    monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(SystemExit, match=r"error: could not write checkpoint .*Permission denied"):
-        main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
-    assert last.read_bytes() == before
-    assert not [p for p in last.parent.iterdir() if ".tmp-" in p.name]
+def kill_when(args, ready, env=None, signal_number=signal.SIGKILL, timeout=300):
+    """Runs ``spectral-ssl pretrain ARGS`` in a real process and sends it ``signal_number`` as soon
+    as ``ready()`` holds (polled); returns the process, ended."""
+    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + timeout
+    while not ready() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal_number)
+    process.wait()
+    return process
+
+
+def assert_same_weights(path, expected_path):
+    state, expected = (torch.load(p, weights_only=True)["state_dict"] for p in (path, expected_path))
+    assert state.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(state[key], expected[key]), key
+
+
+def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_path):
+    """``--checkpoint.every_n_train_steps``: killed at a step inside an epoch (with loader workers,
+    whose prefetching once made a resumed epoch start from the wrong order), the run continues
+    after the batches it had trained and ends bitwise equal to an uninterrupted run."""
+    args = [*RUN, "--trainer.max_epochs=2", "--checkpoint.every_n_train_steps=5", "--data.num_workers=2"]
+    main(["pretrain", *args, "--output_dir", str(tmp_path / "straight")])
+    last = tmp_path / "killed" / "tiny" / "checkpoints" / "last.ckpt"
+    steps_per_epoch = 1437 // 64
+    kill_when([*args, "--output_dir", str(tmp_path / "killed")], last.exists)
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step % steps_per_epoch != 0 and step < 2 * steps_per_epoch, "not killed mid-epoch"
+    main(["pretrain", *args, "--output_dir", str(tmp_path / "killed")])
+    assert_same_weights(last, tmp_path / "straight" / "tiny" / "checkpoints" / "last.ckpt")
+
+
+def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path):
+    """SLURM's warning signal (SIGUSR1) makes Lightning write ``hpc_ckpt_1.ckpt`` and call
+    ``scontrol requeue`` (a stand-in here records it); the job is then killed, and the requeued
+    job, running the same command, continues from that checkpoint, newer than ``last.ckpt``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'requeued'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NAME": "pretrain", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    args = [*RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)]
+    run = tmp_path / "tiny"
+    last = run / "checkpoints" / "last.ckpt"
+
+    def signalled_after_first_epoch():
+        if last.exists() and not (tmp_path / "signalled").exists():
+            time.sleep(0.3)  # a few steps into the next epoch
+            (tmp_path / "signalled").touch()
+            process.send_signal(signal.SIGUSR1)
+        return (tmp_path / "requeued").exists()
+
+    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not signalled_after_first_epoch() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.kill()  # SLURM ends the job after its grace time
+    process.wait()
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
+    hpc = run / "hpc_ckpt_1.ckpt"
+    saved_steps = [torch.load(p, weights_only=True)["global_step"] for p in (last, hpc)]
+    assert saved_steps[0] < saved_steps[1] < 3 * (1437 // 64), saved_steps
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Resuming from {hpc}" in result.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 3 * (1437 // 64)

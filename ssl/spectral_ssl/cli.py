@@ -4,8 +4,9 @@
 LightningCLI: ``--help``, ``--print_config``, several ``--config`` files and dotted overrides
 (``--model.backbone.width=32``, ``--trainer.max_epochs=5``) all work, and an unknown key is an
 error naming it. Outputs go to ``<output_dir>/<run_name>/``: TensorBoard logs, ``config.yaml``
-and ``checkpoints/`` (``last.ckpt`` after every epoch). Running the same command again resumes
-from ``last.ckpt`` (``--resume=false`` starts over).
+and ``checkpoints/`` (``last.ckpt`` after every epoch, a link to the newest checkpoint). Running
+the same command again resumes the run from its newest intact checkpoint (``--ckpt_path``
+chooses another, ``--resume=false`` starts over); the rules are in :mod:`spectral_ssl.runs`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from lightning import LightningDataModule
@@ -21,10 +23,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .data import UnreadableImageError
+from .data import ResumableLoader, UnreadableImageError
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from .methods import SSLMethod
-from .runs import AtomicCheckpointIO, CheckpointWriteError, holds_a_run, move_aside, newest_intact_checkpoint
+from .runs import (AtomicCheckpointIO, CheckpointWriteError, choose_checkpoint, holds_a_run, move_aside,
+                   remove_partial_writes, resumable_changes)
 
 
 class TrainCLI(LightningCLI):
@@ -42,12 +45,15 @@ class TrainCLI(LightningCLI):
                             help="continue from the newest intact checkpoint in <output_dir>/<run_name>/checkpoints/")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="with --resume=false: move a run already in the folder aside and start over")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="the checkpoint to resume: a PATH, 'last' (the newest in checkpoints/) or 'hpc' "
+                                 "(Lightning's SLURM requeue checkpoint); default: the newest intact of either")
         if self.monitors:
             parser.add_lightning_class_args(KNNMonitor, "knn")
             parser.add_lightning_class_args(OnlineLinearProbe, "online_probe")
             parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        defaults = {"checkpoint.save_last": True, "checkpoint.enable_version_counter": False}
+        defaults = {"checkpoint.save_last": "link", "checkpoint.enable_version_counter": False}
         # a default class's init_args would carry over into a class given later with the same argument
         # names (jsonargparse's rule: the digits' image_size 16 and num_workers 0 into ImageFolder), so
         # the defaults apply only when the command line and its configs name no class
@@ -124,27 +130,43 @@ def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainC
 
 
 def _checkpoint_to_resume(cli: TrainCLI) -> str | None:
-    """The run folder's rules (see :mod:`spectral_ssl.runs`): the newest intact checkpoint to
-    resume, or None to start; a run in the way of ``--resume=false`` is refused or moved aside."""
-    folder, run_dir = Path(cli.callback(ModelCheckpoint).dirpath), cli.run_dir
-    if cli.config_init["resume"]:
-        checkpoint, damaged = newest_intact_checkpoint(folder) if folder.is_dir() else (None, [])
-        for path, reason in damaged:
-            print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
-        if checkpoint is None and damaged:
-            raise FileNotFoundError(f"no intact checkpoint in {folder} to resume; --resume=false --overwrite=true "
-                                    "starts over (moving the damaged run aside)")
-        if checkpoint is not None:
-            print(f"Resuming from {checkpoint} (pass --resume=false to start over)", file=sys.stderr)
-        return None if checkpoint is None else str(checkpoint)
-    if holds_a_run(run_dir):
-        if not cli.config_init["overwrite"]:
-            raise ValueError(f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not mix a "
-                             "new run into it: give a new --run_name, or add --overwrite=true to move the old run "
-                             "aside first")
-        if rank_zero_only.rank == 0:  # Lightning's reading of the launcher's variables (torchrun, SLURM)
-            print(f"Moved the old run aside to {move_aside(run_dir)}", file=sys.stderr)
-    return None
+    """The run folder's rules (see :mod:`spectral_ssl.runs`): the checkpoint to resume (checked
+    against this command's config), or None to start; a run in the way of ``--resume=false`` is
+    refused or moved aside."""
+    folder, run_dir, ckpt_path = Path(cli.callback(ModelCheckpoint).dirpath), cli.run_dir, cli.config_init["ckpt_path"]
+    if not cli.config_init["resume"]:
+        if ckpt_path:
+            raise ValueError("--ckpt_path resumes a run; drop it or --resume=false")
+        if holds_a_run(run_dir):
+            if not cli.config_init["overwrite"]:
+                raise ValueError(f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not "
+                                 "mix a new run into it: give a new --run_name, or add --overwrite=true to move the old "
+                                 "run aside first")
+            if rank_zero_only.rank == 0:  # Lightning's reading of the launcher's variables (torchrun, SLURM)
+                print(f"Moved the old run aside to {move_aside(run_dir)}", file=sys.stderr)
+        return None
+    checkpoint = choose_checkpoint(ckpt_path, run_dir, folder)
+    if checkpoint is None:
+        return None
+    changes = _check_resumable(cli, checkpoint)
+    if rank_zero_only.rank == 0:
+        print(f"Resuming from {checkpoint} (pass --resume=false to start over)", file=sys.stderr)
+        if changes:
+            print(f"Changed settings, applied from here on: {'; '.join(changes)} (the learning-rate schedule "
+                  "continues at the same epoch, planned for them)", file=sys.stderr)
+        for partial in remove_partial_writes(folder):
+            print(f"Removed {partial}, a checkpoint write that was interrupted", file=sys.stderr)
+    return str(checkpoint)
+
+
+def _check_resumable(cli: TrainCLI, checkpoint: Path) -> list[str]:
+    """:func:`~spectral_ssl.runs.resumable_changes` of this command's config, and a mid-epoch
+    checkpoint's batch layout against this run's."""
+    changes = resumable_changes(checkpoint, yaml.safe_load(cli.parser.dump(cli.config)))
+    loops = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("loops", {})
+    for state in loops.get("fit_loop", {}).get("state_dict", {}).get("combined_loader", []):
+        ResumableLoader.check_layout(state, cli.datamodule.batch_size, cli.trainer.world_size)
+    return changes
 
 
 def _print_knn(cli: TrainCLI) -> None:
@@ -183,6 +205,7 @@ class LinearEvaluationData(LightningDataModule):
         return self.data.num_classes
 
     def setup(self, stage: str | None = None) -> None:
+        self.data.trainer = self.trainer  # its loaders shard over the processes and resume mid-epoch by it
         self.data.setup(stage)
 
     def train_dataloader(self):
@@ -207,8 +230,8 @@ def linear(args: list[str]):
     args = [a for a in args if a not in fast]
     if fast and fast[-1] != "--fast=false":
         return main_guard(linear_fast, args)
-    if args and not args[0].startswith("-"):  # the checkpoint as the first argument
-        args = [f"--model.checkpoint={args[0]}", *args[1:]]
+    if args and not args[0].startswith("-"):  # the checkpoint as the first argument, the same from any folder
+        args = [f"--model.checkpoint={Path(args[0]).expanduser().absolute()}", *args[1:]]
     cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False,
                run_key=_evaluated_key(args))
     data = LinearEvaluationData(cli.datamodule)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,14 +63,61 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float | torch
     raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,
-                  min_lr_ratio: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """lr_t = lr (t+1)/W for t < W, then cosine from lr to min_lr_ratio x lr at ``total_steps``."""
-    base_lr = float(optimizer.param_groups[0]["lr"])
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=base_lr * min_lr_ratio)
-    if warmup_steps <= 0:
-        return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0,
-                                               total_iters=max(warmup_steps - 1, 1))
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up then cosine decay, stepped every iteration, in closed form:
+
+        lr_t = lr (t + 1) / W                                          for t < W
+        lr_t = lr [r + (1 - r) (1 + cos(pi (t - W) / (T - W))) / 2]    for W <= t < T
+
+    with W = ``warmup_steps``, T = ``total_steps``, r = ``min_lr_ratio`` (SimCLR/INTL's schedule).
+    W and T can be given later, with :meth:`plan` (once the trainer knows its data).
+
+    A checkpoint keeps only the position, not the plan: :meth:`state_dict` is the step t and the
+    steps per epoch it was counted in. Loaded into a scheduler planned from a changed config, it
+    continues at the same point of training (in epochs) on the new plan: another peak ``lr``,
+    another T (``trainer.max_epochs``), another number of steps per epoch (devices, batch size).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, min_lr_ratio: float, warmup_steps: int | None = None,
+                 total_steps: int | None = None, steps_per_epoch: int = 1) -> None:
+        self.min_lr_ratio, self.warmup_steps, self.total_steps = min_lr_ratio, 0, None
+        self.steps_per_epoch, self._loaded = steps_per_epoch, None
+        super().__init__(optimizer)
+        if total_steps is not None:
+            self.plan(warmup_steps or 0, total_steps, steps_per_epoch)
+
+    def plan(self, warmup_steps: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Sets W, T and the steps per epoch, continues a loaded position on them, and sets the lr."""
+        self.warmup_steps, self.total_steps, self.steps_per_epoch = warmup_steps, total_steps, steps_per_epoch
+        if self._loaded is not None:
+            step, counted_in = self._loaded
+            self.last_epoch, self._loaded = round(step * steps_per_epoch / counted_in), None
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):  # a checkpoint's optimizer has its own
+            lr = base * self.factor(self.last_epoch)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # a CUDA graph reads this tensor
+            else:
+                group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def factor(self, step: int) -> float:
+        """lr_t / lr (1 until planned)."""
+        if self.total_steps is None:
+            return 1.0
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.0)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
+
+    def get_lr(self) -> list:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    _get_closed_form_lr = get_lr
+
+    def state_dict(self) -> dict:
+        return {"step": self.last_epoch, "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = (state_dict["step"], state_dict["steps_per_epoch"])
+        if self.total_steps is not None:
+            self.plan(self.warmup_steps, self.total_steps, self.steps_per_epoch)

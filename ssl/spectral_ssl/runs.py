@@ -4,8 +4,12 @@ kill or a full disk cannot damage.
 - The folder is ``<output_dir>/<run_name>`` resolved to an absolute path, so the same run given
   relative or absolute, or moved, is the same run; the checkpoint callback overwrites
   ``last.ckpt`` instead of numbering new copies (``last-v1.ckpt`` beside a stale ``last.ckpt``).
-- Resuming continues the newest checkpoint in ``checkpoints/`` that loads; a damaged newer one
-  (a kill mid-write on a filesystem without atomic rename) is named and passed over.
+- Resuming continues the newest checkpoint of the run that loads: ``checkpoints/*.ckpt`` and
+  Lightning's SLURM requeue checkpoints ``hpc_ckpt_N.ckpt`` in the run folder; a damaged newer one
+  (a kill mid-write on a filesystem without atomic rename, a dangling ``last.ckpt`` link) is named
+  and passed over.
+- Resuming with a config that differs from the run's ``config.yaml`` is refused, naming the keys,
+  except the keys in :data:`MAY_CHANGE_ON_RESUME` (:func:`config_changes`).
 - Starting over (``--resume=false``) in a folder that holds a run is refused, unless
   ``--overwrite=true``, which moves the old run aside first.
 - Every checkpoint is written to a temporary file in its own folder, flushed to disk and renamed
@@ -14,17 +18,18 @@ kill or a full disk cannot damage.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OSError):
@@ -56,6 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def _loads(path: Path) -> str | None:
     """None when ``path`` is a readable checkpoint, else why not."""
+    if not path.exists():
+        return "no such file (or a link to a missing one)"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated zip, foreign pickle: anything that would stop Lightning's load
@@ -65,18 +72,74 @@ def _loads(path: Path) -> str | None:
     return None
 
 
-def newest_intact_checkpoint(folder: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest checkpoint in ``folder`` that loads, and the newer ones that did not (with the
-    reason). ``last.ckpt`` comes first among files of the same time."""
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"),
-                        reverse=True)
+def run_checkpoints(run_dir: Path, folder: Path) -> list[Path]:
+    """Every checkpoint of a run: the checkpoint callback's ``folder`` and Lightning's SLURM
+    requeue checkpoints (``hpc_ckpt_N.ckpt``, written in the run folder on SIGUSR1)."""
+    return [*folder.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def newest_intact_checkpoint(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest of ``paths`` that loads, and the newer ones that did not (with the reason).
+    ``last.ckpt`` comes first among files of the same time (it links to or copies the newest)."""
+    def newest_first(path: Path):
+        return (path.stat().st_mtime_ns if path.exists() else 0, path.name == "last.ckpt")
+
     damaged = []
-    for path in candidates:
+    for path in sorted(paths, key=newest_first, reverse=True):
         reason = _loads(path)
         if reason is None:
             return path, damaged
         damaged.append((path, reason))
     return None, damaged
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Deletes the temporary files of writes a kill interrupted (``.<name>.tmp-<pid>``); returns them."""
+    removed = []
+    for path in folder.glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):  # a read-only folder: the next write reports it
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+NOT_THE_RUN = ("config", "run_name", "output_dir", "resume", "overwrite", "ckpt_path")
+"""Where the run is and how this command starts it: never compared."""
+
+MAY_CHANGE_ON_RESUME = (
+    "trainer.max_epochs", "model.optimizer.lr",  # the schedule continues at the same epoch, re-planned
+    "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "data.batch_size",
+    "data.root", "data.num_workers",  # where the run goes on (a requeue on other nodes, the dataset moved)
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "knn.", "spectrum.", "online_probe.",
+    "checkpoint.",  # what is watched and kept: not what is trained
+)
+"""Config keys (or key prefixes) a resumed run applies from where it resumes; others must match."""
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"init_args": {"optimizer": {"lr": 1}}}}`` -> ``{"model.optimizer.lr": 1}``
+    (the class of a section stays as ``model.class_path``)."""
+    flat = {}
+    for key, value in config.items():
+        name = prefix if key == "init_args" else f"{prefix}{key}."
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, name))
+        else:
+            flat[name[:-1]] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """The keys whose values differ between a run's saved config and the current one, as
+    ``"key: old -> new"``: (those that may change on resume, those that may not)."""
+    saved, current = flat_config(saved), flat_config(current)
+    allowed, refused = [], []
+    for key in sorted(saved.keys() | current.keys()):
+        if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key):
+            continue
+        may_change = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
+        (allowed if may_change else refused).append(f"{key}: {saved.get(key)} -> {current.get(key)}")
+    return allowed, refused
 
 
 def holds_a_run(run_dir: Path) -> bool:
@@ -88,3 +151,46 @@ def move_aside(run_dir: Path) -> Path:
     target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.rename(target)
     return target
+
+
+def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Path | None:
+    """``--ckpt_path``: a PATH, ``last`` (the newest intact checkpoint in ``folder``), ``hpc``
+    (Lightning's SLURM requeue checkpoints), or None: the newest intact of both (a requeued job
+    continues from its mid-epoch ``hpc_ckpt_N.ckpt`` when that is newer than ``last.ckpt``)."""
+    if ckpt_path not in (None, "last", "hpc"):
+        path = Path(ckpt_path).expanduser().resolve()
+        checkpoint, damaged = newest_intact_checkpoint([path])
+        if checkpoint is None:
+            raise FileNotFoundError(f"--ckpt_path={ckpt_path}: {damaged[0][1]}")
+        return checkpoint
+    if ckpt_path == "last":
+        candidates = list(folder.glob("*.ckpt"))
+    elif ckpt_path == "hpc":
+        candidates = list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    else:
+        candidates = run_checkpoints(run_dir, folder)
+    checkpoint, damaged = newest_intact_checkpoint(candidates)
+    for path, reason in damaged:
+        print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
+    if checkpoint is None and (damaged or ckpt_path is not None):
+        where = {"last": f"in {folder}", "hpc": f"named hpc_ckpt_N.ckpt in {run_dir}"}.get(ckpt_path, f"in {run_dir}")
+        raise FileNotFoundError(f"no intact checkpoint {where} to resume; --resume=false --overwrite=true starts over "
+                                "(moving the run aside)")
+    return checkpoint
+
+
+def resumable_changes(checkpoint: Path, current: dict) -> list[str]:
+    """Refuses to resume ``checkpoint`` with a config (``current``) other than the one its run was
+    trained with (the ``config.yaml`` beside its folder; the CLI writes it again only after this
+    check), but for :data:`MAY_CHANGE_ON_RESUME`, whose changes it returns."""
+    saved = next((d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent)
+                  if (d / "config.yaml").is_file()), None)
+    if saved is None:
+        return []
+    allowed, refused = config_changes(yaml.safe_load(saved.read_text()), current)
+    if refused:
+        raise ValueError(f"{checkpoint} was trained with other settings ({saved}): {'; '.join(refused)}. These "
+                         "cannot change within a run: drop them to resume it, or give a new --run_name to start a "
+                         "new run (on resume, trainer.max_epochs, model.optimizer.lr, devices, nodes and "
+                         "data.batch_size may change)")
+    return allowed

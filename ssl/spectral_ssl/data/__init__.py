@@ -12,8 +12,8 @@ from .folder import ImageFileDataset, ImageFolderDataModule, UnreadableImageErro
 from .index import ImageIndex
 from .subsets import balanced_order, balanced_subset
 from .tensor_sets import CIFARDataModule, STL10DataModule
-from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
+from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler, TensorImageDataset
 
 __all__ = ["Augmentation", "CIFARDataModule", "DigitsDataModule", "ImageFileDataset", "ImageFolderDataModule",
-           "ImageIndex", "MultiView", "SSLDataModule", "STL10DataModule", "SeededEpochSampler", "SkippedImagesReport",
-           "TensorImageDataset", "UnreadableImageError", "balanced_order", "balanced_subset"]
+           "ImageIndex", "MultiView", "ResumableLoader", "SSLDataModule", "STL10DataModule", "SeededEpochSampler",
+           "SkippedImagesReport", "TensorImageDataset", "UnreadableImageError", "balanced_order", "balanced_subset"]

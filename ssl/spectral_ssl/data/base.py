@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from .views import Augmentation, MultiView, SeededEpochSampler
+from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler
 
 log = logging.getLogger(__name__)
 Split = Literal["pretrain", "train", "test"]
@@ -111,9 +111,18 @@ class SSLDataModule(L.LightningDataModule):
         sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
                                      rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=self.seed,
                                      drop_last=drop_last)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
+        # the epoch Lightning is about to train: it sets it itself only after the first batches are drawn
+        sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                               position=self.training_position)
+
+    def training_position(self) -> tuple[int, int]:
+        """(epoch, batches of it trained so far): where a checkpoint written now resumes."""
+        trainer = self.trainer
+        epoch, batches = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (epoch + 1, 0) if batches >= trainer.num_training_batches else (epoch, batches)
 
     def train_dataloader(self) -> DataLoader:
         if self.augment_on_device:  # the loader yields image indices; the images wait on the device
@@ -149,12 +158,9 @@ class SSLDataModule(L.LightningDataModule):
 
             self._device_views = [BatchAugmentation(r, self.mean, self.std).to(device) for r in self.view_recipes()]
         images = self.device_images(data, device)
-        epoch = trainer.current_epoch
-        if getattr(self, "_batch_epoch", None) != epoch:
-            self._batch_epoch, self._batch_number = epoch, 0
-        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + self._batch_number) % (2**63 - 1)
+        epoch, batch_number = self.training_position()  # this batch's number: it is not counted yet
+        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_number) % (2**63 - 1)
         generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
-        self._batch_number += 1
         return [augment(images, generator, host_generator) for augment in self._device_views], labels
 
     def device_images(self, indices: Tensor, device: torch.device) -> Tensor:

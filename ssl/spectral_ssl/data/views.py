@@ -2,18 +2,19 @@
 
 The stream of training views depends only on (seed, epoch, sample index): the sampler draws the
 shuffle order from (seed, epoch), and each sample's augmentation runs under its own RNG seed.
-A run resumed from an end-of-epoch checkpoint therefore sees exactly the data it would have seen,
-whatever the number of DataLoader workers.
+A run resumed from a checkpoint, mid-epoch included (:class:`ResumableLoader`), therefore sees
+exactly the data it would have seen, whatever the number of DataLoader workers.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 
@@ -100,9 +101,46 @@ def apply_seeded(transform: Callable | None, image, seed: int | None):
 class SeededEpochSampler(DistributedSampler):
     """DistributedSampler yielding ``(index, seed)``: the order and each sample's augmentation
     seed depend only on (``seed``, epoch, index). Lightning calls ``set_epoch`` every epoch and,
-    as this is a DistributedSampler, keeps it under DDP (each rank takes its own shard)."""
+    as this is a DistributedSampler, keeps it under DDP (each rank takes its own shard).
+    ``start``: samples of this rank's shard to pass over in the next pass only (a resumed epoch)."""
+
+    start: int = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_000_007
-        for index in super().__iter__():
+        start, self.start = self.start, 0
+        for index in itertools.islice(super().__iter__(), start, None):
             yield index, (base + index) % (2**63 - 1)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over a :class:`SeededEpochSampler` that a checkpoint can resume
+    mid-epoch, through Lightning's ``state_dict``/``load_state_dict`` interface for dataloaders.
+
+    Its state is the trainer's position (``position()``: epoch and batches trained in it) with the
+    batch size and number of processes it was counted in; loading it (Lightning does, before the
+    first batch is drawn) makes the sampler start that epoch after those batches, so a run killed
+    at any step and resumed trains on the batches an uninterrupted run would have.
+    """
+
+    def __init__(self, *args, position: Callable[[], tuple[int, int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self.position()
+        return {"epoch": epoch, "batches": batches, "batch_size": self.batch_size,
+                "processes": self.sampler.num_replicas}
+
+    @staticmethod
+    def check_layout(state: dict[str, int], batch_size: int, processes: int) -> None:
+        """Refuses to resume a mid-epoch ``state`` with another batch size or number of processes."""
+        if state["batches"] and (state["batch_size"], state["processes"]) != (batch_size, processes):
+            raise ValueError(f"the checkpoint was written mid-epoch by {state['processes']} process(es) x "
+                             f"{state['batch_size']} images per batch; it resumes only with the same, not "
+                             f"{processes} x {batch_size} (resume from an end-of-epoch checkpoint to change them)")
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.check_layout(state, self.batch_size, self.sampler.num_replicas)
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = state["batches"] * self.batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from torch import Tensor
 from ..data.base import SkippedImagesReport
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
-from ..optim import OptimizerConfig, build_optimizer, warmup_cosine
+from ..optim import OptimizerConfig, WarmupCosine, build_optimizer
 from .graphed import GraphedStep, autocast_without_cache
 from .momentum import MomentumTarget, cosine_momentum
 
@@ -144,6 +145,7 @@ class SSLMethod(L.LightningModule):
         self.graphed_step = GraphedStep(self._whole_step, self._zero_grad, self.speed.cuda_graph_warmup)
 
     def on_train_start(self) -> None:
+        self._plan_schedule()
         if self.graphed_step is not None:  # a resumed optimizer state brings its own lr: keep it a device tensor
             for group in self.optimizers().optimizer.param_groups:
                 group["lr"] = torch.as_tensor(group["lr"], dtype=GRAPHED_LR_DTYPE, device=self.device)
@@ -271,8 +273,16 @@ class SSLMethod(L.LightningModule):
             self._start_graphed_step()
             lr = torch.tensor(lr, dtype=GRAPHED_LR_DTYPE, device=self.device)
         optimizer = build_optimizer(self, config, lr, capturable=self.speed.cuda_graph and self.device.type == "cuda")
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else None
-        warmup = round(config.warmup_epochs * total / epochs) if epochs else 0
-        scheduler = warmup_cosine(optimizer, warmup_steps=warmup, total_steps=total, min_lr_ratio=config.min_lr_ratio)
+        # planned at train start: estimated_stepping_batches here would build the training loader before a
+        # checkpoint is restored, and Lightning would then never resume it mid-epoch (Lightning issue #20550)
+        scheduler = WarmupCosine(optimizer, min_lr_ratio=config.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _plan_schedule(self) -> None:
+        """Warm-up and length of the lr schedule from the trainer's data (see configure_optimizers)."""
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        warmup = round(self.optimizer_config.warmup_epochs * total / epochs) if epochs else 0
+        self.lr_schedulers().plan(warmup, total, steps_per_epoch)
