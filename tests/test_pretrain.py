@@ -56,13 +56,14 @@ def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys):
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real run mid-training, run the same command again: the result equals an
-    uninterrupted run bit for bit (the view stream depends only on seed and epoch)."""
-    straight = pretrain(tmp_path / "straight", "--trainer.max_epochs=3")
+    uninterrupted run bit for bit (the view stream depends only on seed and epoch). Loader workers
+    on: their prefetching once drew the resumed epoch in epoch 0's order."""
+    straight = pretrain(tmp_path / "straight", "--trainer.max_epochs=3", "--data.num_workers=2")
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
     out = tmp_path / "killed"
     command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *TINY,
-               "--trainer.max_epochs=3", "--output_dir", str(out), "--run_name", "tiny"]
+               "--trainer.max_epochs=3", "--data.num_workers=2", "--output_dir", str(out), "--run_name", "tiny"]
     last = out / "tiny" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -72,7 +73,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     process.wait()
     assert torch.load(last, weights_only=True)["epoch"] < 2, "the run finished before it could be killed"
 
-    resumed = pretrain(out, "--trainer.max_epochs=3")
+    resumed = pretrain(out, "--trainer.max_epochs=3", "--data.num_workers=2")
     state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert state.keys() == expected.keys()
     for key in expected:

@@ -2,8 +2,8 @@
 kill or a full disk cannot damage.
 
 - The folder is ``<output_dir>/<run_name>`` resolved to an absolute path, so the same run given
-  relative or absolute, or moved, is the same run; the checkpoint callback overwrites
-  ``last.ckpt`` instead of numbering new copies (``last-v1.ckpt`` beside a stale ``last.ckpt``).
+  relative or absolute, or moved, is the same run; ``last.ckpt`` (a relative link to the newest
+  checkpoint) is replaced, never numbered (``last-v1.ckpt`` beside a stale ``last.ckpt``).
 - Resuming continues the newest checkpoint of the run that loads: ``checkpoints/*.ckpt`` and
   Lightning's SLURM requeue checkpoints ``hpc_ckpt_N.ckpt`` in the run folder; a damaged newer one
   (a kill mid-write on a filesystem without atomic rename, a dangling ``last.ckpt`` link) is named
@@ -29,7 +29,6 @@ import torch
 import yaml
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-
 
 
 class CheckpointWriteError(OSError):
