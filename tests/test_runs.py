@@ -145,6 +145,14 @@ def test_resuming_with_changed_settings_refuses_before_touching_anything_or_appl
     assert lrs("half_lr") == pytest.approx([v / 2 for v in lrs("straight")], rel=1e-6)
     assert yaml.safe_load((tmp_path / "half_lr" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
+    # another per-device batch from an end-of-epoch checkpoint: epoch 3 runs 1437 // 32 steps on the re-planned schedule
+    main(["pretrain", *RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path), "--run_name", "straight",
+          "--data.batch_size=32"])
+    assert "data.batch_size: 64 -> 32" in capsys.readouterr().err
+    resumed = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * steps_per_epoch + 1437 // 32
+    assert resumed["lr_schedulers"][0] == {"step": 2 * (1437 // 32) + 1437 // 32, "steps_per_epoch": 1437 // 32}
+
 
 def test_ckpt_path_chooses_the_checkpoint_like_lightning(tmp_path, capsys):
     main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", "first"])
