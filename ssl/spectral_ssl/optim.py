@@ -92,8 +92,7 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         if self._loaded is not None:
             step, counted_in = self._loaded
             self.last_epoch, self._loaded = round(step * steps_per_epoch / counted_in), None
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):  # a checkpoint's optimizer has its own
-            lr = base * self.factor(self.last_epoch)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):  # a checkpoint's optimizer has its own
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)  # a CUDA graph reads this tensor
             else:

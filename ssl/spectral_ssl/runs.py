@@ -71,10 +71,12 @@ def _loads(path: Path) -> str | None:
     return None
 
 
-def run_checkpoints(run_dir: Path, folder: Path) -> list[Path]:
-    """Every checkpoint of a run: the checkpoint callback's ``folder`` and Lightning's SLURM
-    requeue checkpoints (``hpc_ckpt_N.ckpt``, written in the run folder on SIGUSR1)."""
-    return [*folder.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+def run_checkpoints(run_dir: Path, folder: Path, kind: str | None = None) -> list[Path]:
+    """The checkpoints of a run: ``kind="last"``, those of the checkpoint callback's ``folder``;
+    ``"hpc"``, Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``, written in the run
+    folder on SIGUSR1); None, both."""
+    return [*(folder.glob("*.ckpt") if kind != "hpc" else []),
+            *(run_dir.glob("hpc_ckpt_*.ckpt") if kind != "last" else [])]
 
 
 def newest_intact_checkpoint(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -162,13 +164,7 @@ def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Pat
         if checkpoint is None:
             raise FileNotFoundError(f"--ckpt_path={ckpt_path}: {damaged[0][1]}")
         return checkpoint
-    if ckpt_path == "last":
-        candidates = list(folder.glob("*.ckpt"))
-    elif ckpt_path == "hpc":
-        candidates = list(run_dir.glob("hpc_ckpt_*.ckpt"))
-    else:
-        candidates = run_checkpoints(run_dir, folder)
-    checkpoint, damaged = newest_intact_checkpoint(candidates)
+    checkpoint, damaged = newest_intact_checkpoint(run_checkpoints(run_dir, folder, kind=ckpt_path))
     for path, reason in damaged:
         print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
     if checkpoint is None and (damaged or ckpt_path is not None):
