@@ -1,7 +1,87 @@
+"""What the tests share: seeding, the tiny quick-start run, and reference implementations that
+several test folders check against. Datasets on disk are written by
+:mod:`spectral_ssl.data.synthetic` (the same writers the benchmarks use)."""
+
+from pathlib import Path
+
 import pytest
 import torch
+
+from spectral_ssl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root (configs/, tools/, README.md)."""
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """The quick start (digits, INTL, ResNet-18 CIFAR stem) made tiny: width 8, a 64-64 projector."""
+    return [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--model.backbone.width=8",
+        "--model.projector_dims=[64,64]",
+        "--data.batch_size=64",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def pretrain(tiny):
+    """``pretrain(out, *args)``: the tiny run through ``spectral-ssl pretrain`` into ``out/tiny``."""
+
+    def run(out: Path, *args: str) -> Path:
+        main(["pretrain", *tiny, "--output_dir", str(out), "--run_name", "tiny", *args])
+        return out / "tiny"
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def reference_whitening():
+    """IterNorm's output written another way, in float64: with the eigendecomposition
+    Sigma_N = V diag(lambda) V^T, P_T = V diag(p_T) V^T by the scalar recurrence
+    p_{k+1} = 1.5 p_k - 0.5 p_k^3 lambda, then P_T Xc / sqrt(tr Sigma) (axis 0; axis 1 transposed)."""
+
+    def whiten(z: torch.Tensor, iters: int, eps: float = 0.0, axis: int = 0) -> torch.Tensor:
+        z = z.double()
+        if axis == 0:
+            x = z - z.mean(dim=1, keepdim=True)
+            cov = x @ x.T / (z.shape[1] - 1)
+        else:
+            x = (z - z.mean(dim=0)).T
+            cov = x @ x.T / (z.shape[0] - 1)
+        cov = (1 - eps) * cov + eps * torch.eye(cov.shape[0], dtype=torch.float64)
+        trace = cov.trace()
+        lam, vec = torch.linalg.eigh(cov / trace)
+        p = torch.ones_like(lam)
+        for _ in range(iters):
+            p = 1.5 * p - 0.5 * p**3 * lam
+        out = vec @ torch.diag(p) @ vec.T @ x / trace.sqrt()
+        return out if axis == 0 else out.T
+
+    return whiten
+
+
+@pytest.fixture(scope="session")
+def tied_bank():
+    """A kNN bank of integer features (every dot product exact in float32) with many duplicated
+    rows of different labels, so the k-th nearest is tied for most queries: (bank, labels, queries)."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randint(-2, 3, (12, 6), generator=generator).float()
+    base[base.abs().sum(1) == 0] = 1.0
+    bank = base[torch.randint(0, 12, (90,), generator=generator)]
+    labels = torch.randint(0, 4, (90,), generator=generator)
+    queries = base[torch.randint(0, 12, (25,), generator=generator)] + 0.0
+    return bank, labels, queries

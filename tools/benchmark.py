@@ -42,7 +42,7 @@ from torch.utils import benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
 from spectral_ssl.losses import INTLLoss  # noqa: E402
-from spectral_ssl.models import create_backbone, Projector  # noqa: E402
+from spectral_ssl.models import Projector, create_backbone  # noqa: E402
 
 GPU_SIZES = ["256x8192", "1024x8192", "4096x8192", "512x2048"]
 CPU_SIZES = ["64x2048", "256x2048", "1024x2048", "256x512"]
@@ -81,7 +81,10 @@ def model_step(arch: str, batch: int, image: int, dim: int, device: torch.device
     loss = INTLLoss(axis=1, gather=False)
     images = [torch.randn(batch, 3, image, image, device=device) for _ in range(2)]
     if device.type == "cuda":
-        backbone, images = backbone.to(memory_format=torch.channels_last), [x.to(memory_format=torch.channels_last) for x in images]
+        backbone, images = (
+            backbone.to(memory_format=torch.channels_last),
+            [x.to(memory_format=torch.channels_last) for x in images],
+        )
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -120,12 +123,16 @@ def run_iternorm(args) -> str:
         n, d = map(int, size.split("x"))
         feature = time_ms(whitening_step(n, d, "feature", device), min_time)
         batch_form = time_ms(whitening_step(n, d, "batch", device), min_time)
-        rows.append(f"| {n} x {d} | {feature:.1f} | {batch_form:.1f} | {feature / batch_form:.1f}x "
-                    f"| {100 * feature / reference:.0f}% | {100 * batch_form / reference:.1f}% |")
+        rows.append(
+            f"| {n} x {d} | {feature:.1f} | {batch_form:.1f} | {feature / batch_form:.1f}x "
+            f"| {100 * feature / reference:.0f}% | {100 * batch_form / reference:.1f}% |"
+        )
         print(rows[-1], flush=True)
     rows.append("")
-    rows.append("Shares compare the whitening alone (at each size) with the reference step above. "
-                f"Command: `python tools/benchmark.py iternorm{' --sizes ' + ' '.join(args.sizes) if args.sizes else ''}`")
+    rows.append(
+        "Shares compare the whitening alone (at each size) with the reference step above. "
+        f"Command: `python tools/benchmark.py iternorm{' --sizes ' + ' '.join(args.sizes) if args.sizes else ''}`"
+    )
     return "\n".join(rows)
 
 
@@ -135,28 +142,35 @@ SHAPES = {  # (architecture, image size, projector width on CUDA / on the CPU, i
 }
 
 
-def intl_model(shape: str, dim: int, device: torch.device, compile: bool, graph: bool):
-    """The INTL LightningModule of that shape (CIFAR stem for 32 px) and its speed options."""
+def intl_model(shape: str, dim: int):
+    """The INTL LightningModule of that shape (CIFAR stem for 32 px)."""
     from spectral_ssl.methods import INTL
 
     arch, image, _, _ = SHAPES[shape]
-    gpu = device.type == "cuda"
-    return INTL(backbone={"name": arch, "cifar_stem": image <= 64}, projector_dims=[dim] * 3,
-                speed={"channels_last": gpu, "compile": compile, "cuda_graph": graph})
+    return INTL(backbone={"name": arch, "cifar_stem": image <= 64}, projector_dims=[dim] * 3)
 
 
-def training_step(model, device: torch.device, bf16: bool, graph: bool):
+def speed_options(device: torch.device, compile: bool, graph: bool):
+    from spectral_ssl.engine import SpeedOptions
+
+    return SpeedOptions(channels_last=device.type == "cuda", compile=compile, cuda_graph=graph)
+
+
+def training_step(model, speed, device: torch.device, bf16: bool):
     """views -> forward, INTL loss, backward, SGD step of ``model``, outside Lightning: eager, or
     captured as one CUDA graph by the same :class:`GraphedStep` the training path uses."""
-    from spectral_ssl.methods.graphed import GraphedStep
+    from spectral_ssl.engine import GraphedStep
 
-    model.to(device).configure_model()
+    model.to(device)
+    for callback in speed.callbacks():
+        callback.setup(None, model, "fit")
+    graph = speed.cuda_graph
     lr = torch.tensor(0.01, device=device) if graph else 0.01
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=device.type == "cuda" or None)
 
     def step(views):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph):
-            parts = model.criterion(model.embed(views))
+            parts = model.step_outputs(views)
         parts["loss"].backward()
         optimizer.step()
         return parts
@@ -222,12 +236,22 @@ class DataOnly(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def lightning_seconds_per_step(model, datamodule, device, steps: int, skip: int) -> tuple[float, float]:
+def lightning_seconds_per_step(model, datamodule, device, steps: int, skip: int, speed=None) -> tuple[float, float]:
     """(seconds per step, device waits per step) of ``Trainer.fit`` as ``spectral-ssl pretrain`` runs it."""
     timer = StepTimer(skip)
-    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed" if device.type == "cuda" else "32-true",
-                        max_steps=skip + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+    engine = {"devices": 1, **speed.trainer_arguments(accelerator=device.type)} if speed else {"devices": 1}
+    trainer = L.Trainer(
+        accelerator=device.type,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        max_steps=skip + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, *(speed.callbacks() if speed else [])],
+        num_sanity_val_steps=0,
+        **engine,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, datamodule=datamodule)
@@ -235,23 +259,6 @@ def lightning_seconds_per_step(model, datamodule, device, steps: int, skip: int)
     for message in sorted({str(w.message) for w in caught} - {str(w.message) for w in waits}):
         print(f"warning during fit: {message}", file=sys.stderr)
     return timer.seconds, len(waits) / timer.steps
-
-
-def write_cifar_folder(root: Path, images: int) -> None:
-    """torchvision's CIFAR-10 python folder with ``images`` random training images."""
-    import pickle
-
-    import numpy as np
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        n = images // 5 if name != "test_batch" else 100
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         "labels": rng.integers(0, 10, n).tolist()}, f)
 
 
 def _write_jpeg(args) -> None:
@@ -291,13 +298,18 @@ def pil_loader(shape: str, root: Path, recipes, mean, std, batch: int, workers: 
     from torchvision import datasets, transforms
 
     def view(r):
-        steps = [transforms.RandomResizedCrop(r.size, scale=r.scale, interpolation=transforms.InterpolationMode.BICUBIC),
-                 transforms.RandomHorizontalFlip(r.flip_p),
-                 transforms.RandomApply([transforms.ColorJitter(*r.jitter)], p=r.jitter_p),
-                 transforms.RandomGrayscale(r.grayscale_p)]
+        steps = [
+            transforms.RandomResizedCrop(r.size, scale=r.scale, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(r.flip_p),
+            transforms.RandomApply([transforms.ColorJitter(*r.jitter)], p=r.jitter_p),
+            transforms.RandomGrayscale(r.grayscale_p),
+        ]
         if r.blur_p:
-            steps.append(transforms.RandomApply([transforms.GaussianBlur(max(2 * (r.size // 20) + 1, 3), (0.1, 2.0))],
-                                                p=r.blur_p))
+            steps.append(
+                transforms.RandomApply(
+                    [transforms.GaussianBlur(max(2 * (r.size // 20) + 1, 3), (0.1, 2.0))], p=r.blur_p
+                )
+            )
         if r.solarize_p:
             steps.append(transforms.RandomSolarize(128, p=r.solarize_p))
         return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
@@ -321,8 +333,15 @@ def pil_loader(shape: str, root: Path, recipes, mean, std, batch: int, workers: 
             image = self.images[i] if shape == "cifar" else self.images[i][0]
             return [v(image) for v in views]
 
-    return DataLoader(Views(), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, pin_memory=gpu,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        Views(),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=gpu,
+        persistent_workers=workers > 0,
+    )
 
 
 def run_pipeline(args) -> str:
@@ -330,6 +349,7 @@ def run_pipeline(args) -> str:
     import tempfile
 
     from spectral_ssl.data import CIFARDataModule, ImageFolderDataModule
+    from spectral_ssl.data.synthetic import write_cifar_folder
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -337,13 +357,15 @@ def run_pipeline(args) -> str:
         torch.backends.cudnn.benchmark = True
     compile = gpu if args.compile is None else args.compile
     graph = gpu  # on the CPU the graphed path is the eager one
-    rows = [f"Pipelines side by side; {device_name(device)}, torch {torch.__version__}, {datetime.date.today()}. "
-            f"Step: INTL (backbone, 3-layer projector, IterNorm + trace loss, SGD), two views, "
-            f"{'bf16 + channels_last + ' + ('torch.compile + ' if compile else '') + 'CUDA graph' if gpu else 'fp32'}.",
-            "",
-            "| shape | pipeline | ms / step | images / s | s / epoch | (2)/(1), (3)/(2) | data path alone, ms / step "
-            "| device waits / step |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"Pipelines side by side; {device_name(device)}, torch {torch.__version__}, {datetime.date.today()}. "
+        f"Step: INTL (backbone, 3-layer projector, IterNorm + trace loss, SGD), two views, "
+        f"{'bf16 + channels_last + ' + ('torch.compile + ' if compile else '') + 'CUDA graph' if gpu else 'fp32'}.",
+        "",
+        "| shape | pipeline | ms / step | images / s | s / epoch | (2)/(1), (3)/(2) | data path alone, ms / step "
+        "| device waits / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for shape in args.shapes:
         arch, image, dims, epoch_images = SHAPES[shape]
         dim = args.dim or dims[0 if gpu else 1]
@@ -355,25 +377,26 @@ def run_pipeline(args) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             if shape == "cifar":
-                write_cifar_folder(root, images)
+                write_cifar_folder(root, train_images=images, test_images=100)
                 data = CIFARDataModule(root=tmp, batch_size=batch, num_workers=args.workers, augment_on_device=True)
                 note = f"{images:,} generated 32x32 images"
             else:
                 kb = write_jpeg_folder(root, images)
-                data = ImageFolderDataModule(root=tmp, batch_size=batch, num_workers=args.workers,
-                                             augment_on_device=True)
+                data = ImageFolderDataModule(
+                    root=tmp, batch_size=batch, num_workers=args.workers, augment_on_device=True
+                )
                 note = f"{images:,} generated JPEG files, 300-500 px, {kb:.0f} kB on average"
-            step = training_step(intl_model(shape, dim, device, compile, graph), device, bf16=gpu, graph=graph)
+            speed = speed_options(device, compile, graph)
+            step = training_step(intl_model(shape, dim), speed, device, bf16=gpu)
             random_views = [torch.randn(batch, 3, image, image, device=device) for _ in range(2)]
             model_only = seconds_per_step(itertools.repeat(random_views), step, device, steps)
             skip = 8 if gpu else 2
-            ours, waits = lightning_seconds_per_step(intl_model(shape, dim, device, compile, graph), data, device, steps,
-                                                     skip)
+            ours, waits = lightning_seconds_per_step(intl_model(shape, dim), data, device, steps, skip, speed)
             ours_data, _ = lightning_seconds_per_step(DataOnly(), data, device, 2 * steps, skip)
             recipes = data.view_recipes()
             loader = pil_loader(shape, root, recipes, data.mean, data.std, batch, args.workers, gpu)
 
-            def pil_batches():
+            def pil_batches(loader=loader):
                 while True:
                     for views in loader:
                         yield [v.to(device, non_blocking=True) for v in views]
@@ -382,20 +405,36 @@ def run_pipeline(args) -> str:
             pil_data = seconds_per_step(pil_batches(), lambda views: views[0].float().mean(), device, 2 * steps)
         label = f"{shape}: {arch} {image}px, 2 x {batch}, {dim}-d head ({note})"
         for name, seconds, ratio, data_only, wait in (
-                ("(1) model only: random tensors on the device", model_only, "", "", ""),
-                ("(2) ours: `Trainer.fit`, views made on the device", ours, f"{ours / model_only:.2f}",
-                 f"{1e3 * ours_data:.1f}", f"{waits:.1f}" if gpu else ""),
-                (f"(3) torchvision PIL + DataLoader, {args.workers} workers", pil, f"{pil / ours:.2f}",
-                 f"{1e3 * pil_data:.1f}", "")):
+            ("(1) model only: random tensors on the device", model_only, "", "", ""),
+            (
+                "(2) ours: `Trainer.fit`, views made on the device",
+                ours,
+                f"{ours / model_only:.2f}",
+                f"{1e3 * ours_data:.1f}",
+                f"{waits:.1f}" if gpu else "",
+            ),
+            (
+                f"(3) torchvision PIL + DataLoader, {args.workers} workers",
+                pil,
+                f"{pil / ours:.2f}",
+                f"{1e3 * pil_data:.1f}",
+                "",
+            ),
+        ):
             rate = batch / seconds
-            rows.append(f"| {label} | {name} | {1e3 * seconds:.1f} | {rate:,.{0 if rate >= 100 else 1}f} "
-                        f"| {epoch_images / batch * seconds:,.1f} | {ratio} | {data_only} | {wait} |")
+            rows.append(
+                f"| {label} | {name} | {1e3 * seconds:.1f} | {rate:,.{0 if rate >= 100 else 1}f} "
+                f"| {epoch_images / batch * seconds:,.1f} | {ratio} | {data_only} | {wait} |"
+            )
             print(rows[-1], flush=True)
-    rows += ["", "images / s counts images (each seen as two views). (2) runs the whole `spectral-ssl pretrain` "
-             "training loop (Lightning, logging hooks, the datamodule's device augmentation); (1) and (3) the "
-             "same model's step alone. Data path alone: (2) `Trainer.fit` of a model that only reads the views, "
-             "(3) the DataLoader and the copy to the device. "
-             f"Command: `python tools/benchmark.py {' '.join(sys.argv[1:])}`"]
+    rows += [
+        "",
+        "images / s counts images (each seen as two views). (2) runs the whole `spectral-ssl pretrain` "
+        "training loop (Lightning, logging hooks, the datamodule's device augmentation); (1) and (3) the "
+        "same model's step alone. Data path alone: (2) `Trainer.fit` of a model that only reads the views, "
+        "(3) the DataLoader and the copy to the device. "
+        f"Command: `python tools/benchmark.py {' '.join(sys.argv[1:])}`",
+    ]
     return "\n".join(rows)
 
 
@@ -416,8 +455,13 @@ def main() -> None:
     pipeline.add_argument("--out", type=Path, help="also write the markdown table here")
     scale = sub.add_parser("scale", help="cost of each component at growing dataset sizes, extrapolated")
     scale.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    scale.add_argument("--components", nargs="+", default=["index", "data", "monitors", "knn", "linear"],
-                       choices=["index", "data", "monitors", "knn", "linear"], help="what to measure (default: all)")
+    scale.add_argument(
+        "--components",
+        nargs="+",
+        default=["index", "data", "monitors", "knn", "linear"],
+        choices=["index", "data", "monitors", "knn", "linear"],
+        help="what to measure (default: all)",
+    )
     scale.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     if args.benchmark == "scale":

@@ -18,6 +18,6 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=ssl${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_graphed.py tests/test_device_augment.py 2>&1 | tee "$out/tests.txt"
+python3 -m pytest -q -p no:cacheprovider tests/engine tests/data/test_device_augment.py 2>&1 | tee "$out/tests.txt"
 python3 tools/benchmark.py pipeline --workers 16 --out "$out/pipeline.md" 2>&1 | tee "$out/pipeline.log"
 python3 tools/benchmark.py iternorm --out "$out/iternorm.md" 2>&1 | tee "$out/iternorm.log"

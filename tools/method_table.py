@@ -21,8 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
 from spectral_ssl.cli import pretrain  # noqa: E402
-from spectral_ssl.evaluation import (KNNMonitor, covariance_spectrum, effective_rank, extract_features,  # noqa: E402
-                                     linear_probe)
+from spectral_ssl.evaluation import KNNMonitor, covariance_spectrum, effective_rank, extract_features, linear_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name: (class, what the method needs beyond the shared quick-start settings)
@@ -30,31 +29,59 @@ METHODS = {  # name: (class, what the method needs beyond the shared quick-start
     "st": ("SpectralTransform", ["--model.power=-0.5", "--model.axis=1", "--model.eps=1e-5"]),
     "barlow_twins": ("BarlowTwins", []),
     "vicreg": ("VICReg", []),
-    "wmse": ("WMSE", ["--model.projector_dims=[1024,64]", "--model.w_size=128", "--model.optimizer.name=adam",
-                      "--model.optimizer.lr=0.003", "--model.optimizer.weight_decay=1e-6"]),
+    "wmse": (
+        "WMSE",
+        [
+            "--model.projector_dims=[1024,64]",
+            "--model.w_size=128",
+            "--model.optimizer.name=adam",
+            "--model.optimizer.lr=0.003",
+            "--model.optimizer.weight_decay=1e-6",
+        ],
+    ),
     "simclr": ("SimCLR", ["--model.temperature=0.2"]),
     "byol": ("BYOL", ["--model.projector_dims=[1024,256]", "--model.predictor_hidden_dims=[1024]"]),
     # the optimizer its papers use (not in the default list: not the shared budget)
-    "barlow_twins_lars": ("BarlowTwins", ["--model.optimizer.name=lars", "--model.optimizer.lr=0.3",
-                                          "--model.optimizer.exclude_bias_and_norm=true"]),
+    "barlow_twins_lars": (
+        "BarlowTwins",
+        ["--model.optimizer.name=lars", "--model.optimizer.lr=0.3", "--model.optimizer.exclude_bias_and_norm=true"],
+    ),
 }
 DEFAULT = ["intl", "st", "barlow_twins", "vicreg", "wmse", "simclr", "byol"]
 
 
 def run(name: str, epochs: int, out: Path) -> dict:
     cls, extra = METHODS[name]
-    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), "--run_name", name,
-            "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
-            f"--model=spectral_ssl.methods.{cls}", *extra]
+    args = [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        name,
+        "--resume=false",
+        "--overwrite=true",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.enable_progress_bar=false",
+        f"--model=spectral_ssl.methods.{cls}",
+        *extra,
+    ]
     start = time.time()
     cli = pretrain(args)
     seconds = time.time() - start
     monitor = cli.callback(KNNMonitor)
     bank_loader, test_loader = cli.datamodule.knn_dataloaders()
     train, test = extract_features(cli.model.backbone, bank_loader), extract_features(cli.model.backbone, test_loader)
-    return {"method": cls, "args": " ".join(extra), "knn": monitor.results["trained"],
-            "knn_l2": monitor.results_l2["trained"], "linear": linear_probe(*train, *test, epochs=100),
-            "rank": effective_rank(covariance_spectrum(test[0])), "width": test[0].shape[1], "seconds": seconds}
+    return {
+        "method": cls,
+        "args": " ".join(extra),
+        "knn": monitor.results["trained"],
+        "knn_l2": monitor.results_l2["trained"],
+        "linear": linear_probe(*train, *test, epochs=100),
+        "rank": effective_rank(covariance_spectrum(test[0])),
+        "width": test[0].shape[1],
+        "seconds": seconds,
+    }
 
 
 def write_table(rows: list[dict], epochs: int, out: Path) -> str:
@@ -67,8 +94,10 @@ def write_table(rows: list[dict], epochs: int, out: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {100 * r['knn']:.2f}% | {100 * r['knn_l2']:.2f}% | {100 * r['linear']:.2f}% "
-                     f"| {r['rank']:.1f} / {r['width']} | {r['seconds']:.0f} s | {r['args'] or '-'} |")
+        lines.append(
+            f"| {r['method']} | {100 * r['knn']:.2f}% | {100 * r['knn_l2']:.2f}% | {100 * r['linear']:.2f}% "
+            f"| {r['rank']:.1f} / {r['width']} | {r['seconds']:.0f} s | {r['args'] or '-'} |"
+        )
     lines += ["", f"Command: `python tools/method_table.py --epochs {epochs}`"]
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)

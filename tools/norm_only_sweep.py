@@ -25,9 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def common(config: str, norm: str, mode: str, epochs: int, out: Path, prefix: str) -> list[str]:
-    return ["--config", str(ROOT / "configs" / config), "--output_dir", str(out), "--run_name",
-            f"{prefix}_{norm}_{mode}", "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}",
-            "--trainer.enable_progress_bar=false", f"--model.backbone.norm={norm}", f"--model.trainable={mode}"]
+    return [
+        "--config",
+        str(ROOT / "configs" / config),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        f"{prefix}_{norm}_{mode}",
+        "--resume=false",
+        "--overwrite=true",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.enable_progress_bar=false",
+        f"--model.backbone.norm={norm}",
+        f"--model.trainable={mode}",
+    ]
 
 
 def run(norm: str, mode: str, epochs: int, out: Path) -> dict:
@@ -37,10 +48,17 @@ def run(norm: str, mode: str, epochs: int, out: Path) -> dict:
     train_x, train_y = extract_features(cli.model.backbone, bank_loader)
     test_x, test_y = extract_features(cli.model.backbone, test_loader)
     reference = supervised(common("supervised_digits.yaml", norm, mode, epochs, out, "supervised"))
-    return {"norm": norm, "mode": mode, "knn": monitor.results["trained"], "random": monitor.results["random init"],
-            "linear": linear_probe(train_x, train_y, test_x, test_y), "supervised": reference.test_top1,
-            "trainable": cli.model.num_trainable, "total": cli.model.num_parameters,
-            "trainable_supervised": reference.model.num_trainable}
+    return {
+        "norm": norm,
+        "mode": mode,
+        "knn": monitor.results["trained"],
+        "random": monitor.results["random init"],
+        "linear": linear_probe(train_x, train_y, test_x, test_y),
+        "supervised": reference.test_top1,
+        "trainable": cli.model.num_trainable,
+        "total": cli.model.num_parameters,
+        "trainable_supervised": reference.model.num_trainable,
+    }
 
 
 def table(rows: list[dict], epochs: int) -> str:
@@ -49,13 +67,15 @@ def table(rows: list[dict], epochs: int) -> str:
         "INTL: kNN (cosine, k=20, T=0.07) and linear (on frozen cached backbone features) after pretraining; "
         "supervised: the same backbone trained with labels.",
         "",
-        "| norm | trainable | INTL params trained | INTL kNN | INTL linear | kNN at random init | supervised params trained | supervised top-1 |",
+        "| norm | trainable | INTL params trained | INTL kNN | INTL linear | kNN at random init | supervised params trained | supervised top-1 |",  # noqa: E501
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['norm']} | {r['mode']} | {r['trainable']:,} of {r['total']:,} | {100 * r['knn']:.2f}% | "
-                     f"{100 * r['linear']:.2f}% | {100 * r['random']:.2f}% | {r['trainable_supervised']:,} | "
-                     f"{100 * r['supervised']:.2f}% |")
+        lines.append(
+            f"| {r['norm']} | {r['mode']} | {r['trainable']:,} of {r['total']:,} | {100 * r['knn']:.2f}% | "
+            f"{100 * r['linear']:.2f}% | {100 * r['random']:.2f}% | {r['trainable_supervised']:,} | "
+            f"{100 * r['supervised']:.2f}% |"
+        )
     lines += ["", f"Command: `python tools/norm_only_sweep.py --epochs {epochs}`"]
     return "\n".join(lines)
 

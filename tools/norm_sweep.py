@@ -29,9 +29,19 @@ DEFAULT_NORMS = ["bn", "gn", "ln", "pln", "pln+pln", "lng", "iternorm", "none"]
 
 def run(entry: str, epochs: int, out: Path) -> dict:
     norm, _, act = entry.partition("+")
-    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-            "--run_name", entry.replace("+", "_act_"), "--resume=false", "--overwrite=true", f"--trainer.max_epochs={epochs}",
-            "--trainer.enable_progress_bar=false", f"--model.backbone.norm={norm}"]
+    args = [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        entry.replace("+", "_act_"),
+        "--resume=false",
+        "--overwrite=true",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.enable_progress_bar=false",
+        f"--model.backbone.norm={norm}",
+    ]
     if act:
         args.append(f"--model.backbone.act={act}")
     start = time.time()
@@ -46,10 +56,17 @@ def run(entry: str, epochs: int, out: Path) -> dict:
     cap = width
     if act == "pln":
         cap = width - width // model.backbone.bn1.group_size
-    return {"entry": entry, "knn": monitor.results["trained"], "random": monitor.results["random init"],
-            "rank_features": effective_rank(covariance_spectrum(features)), "width": width, "cap": cap,
-            "rank_embedding": effective_rank(covariance_spectrum(embedding)), "embedding_width": embedding.shape[1],
-            "seconds": seconds}
+    return {
+        "entry": entry,
+        "knn": monitor.results["trained"],
+        "random": monitor.results["random init"],
+        "rank_features": effective_rank(covariance_spectrum(features)),
+        "width": width,
+        "cap": cap,
+        "rank_embedding": effective_rank(covariance_spectrum(embedding)),
+        "embedding_width": embedding.shape[1],
+        "seconds": seconds,
+    }
 
 
 def write_table(rows: list[dict], epochs: int, out: Path) -> str:
@@ -57,15 +74,17 @@ def write_table(rows: list[dict], epochs: int, out: Path) -> str:
         f"Quick-start INTL pretraining on digits ({epochs} epochs, CIFAR-stem ResNet-18 at width 16) per norm; "
         "kNN top-1 on the 360 held-out images (cosine, k=20, T=0.07); effective rank on the same images.",
         "",
-        "| norm (act) | kNN top-1 | at random init | eff. rank, backbone features (cap) | eff. rank, embedding | wall time |",
+        "| norm (act) | kNN top-1 | at random init | eff. rank, backbone features (cap) | eff. rank, embedding | wall time |",  # noqa: E501
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         norm, _, act = r["entry"].partition("+")
         label = f"{norm} (pln as activation)" if act else norm
-        lines.append(f"| {label} | {100 * r['knn']:.2f}% | {100 * r['random']:.2f}% | "
-                     f"{r['rank_features']:.1f} of {r['width']} ({r['cap']}) | "
-                     f"{r['rank_embedding']:.1f} of {r['embedding_width']} | {r['seconds']:.0f} s |")
+        lines.append(
+            f"| {label} | {100 * r['knn']:.2f}% | {100 * r['random']:.2f}% | "
+            f"{r['rank_features']:.1f} of {r['width']} ({r['cap']}) | "
+            f"{r['rank_embedding']:.1f} of {r['embedding_width']} | {r['seconds']:.0f} s |"
+        )
     lines += ["", f"Command: `python tools/norm_sweep.py --epochs {epochs}`"]
     return "\n".join(lines)
 

@@ -48,10 +48,20 @@ class SyntheticImages(TensorSetDataModule):
     """Random 32 x 32 uint8 images of ``num_classes`` classes held in memory (``num_train`` and
     ``num_test`` of them): a dataset of any size for measuring what does not depend on pixels."""
 
-    def __init__(self, num_train: int = 50_000, num_test: int = 10_000, num_classes: int = 1000,
-                 augment: Augmentation | list[Augmentation] = Augmentation(size=32), batch_size: int = 256,
-                 num_workers: int = 0, num_views: int = 2, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed)
+    def __init__(
+        self,
+        num_train: int = 50_000,
+        num_test: int = 10_000,
+        num_classes: int = 1000,
+        augment: Augmentation | list[Augmentation] = Augmentation(size=32),
+        batch_size: int = 256,
+        num_workers: int = 0,
+        num_views: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed
+        )
         self.num_train, self.num_test, self.num_classes = num_train, num_test, num_classes
         self.mean, self.std, self.image_size = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 32
 
@@ -158,8 +168,12 @@ def index_component(images: int) -> dict:
         cached = ImageIndex.cached(folder, classes, Path(tmp) / "cache")
         load = time.perf_counter() - start
         assert len(cached) == len(index) == images
-        return {"scan_s": scan, "load_s": load, "bytes_per_image": index.nbytes / images,
-                "peak_over_start": peak_bytes() - before}
+        return {
+            "scan_s": scan,
+            "load_s": load,
+            "bytes_per_image": index.nbytes / images,
+            "peak_over_start": peak_bytes() - before,
+        }
 
 
 def data_path_component(images: int, as_list: bool) -> dict:
@@ -175,7 +189,7 @@ def data_path_component(images: int, as_list: bool) -> dict:
             data.samples["train"] = [index[i] for i in range(len(index))]
         loader = data.train_dataloader()
         start, seen, first = time.perf_counter(), 0, None
-        for views, labels, _ in loader:
+        for _views, labels, _ in loader:
             seen += len(labels)
             if first is None:
                 first = {pid: private_bytes(pid) for pid in child_pids()}
@@ -183,8 +197,12 @@ def data_path_component(images: int, as_list: bool) -> dict:
         end = {pid: private_bytes(pid) for pid in first}
         seconds = time.perf_counter() - start_epoch
         growth = max(end[pid] - first[pid] for pid in first)
-        return {"seconds_per_image": seconds / max(seen - 256, 1), "worker_growth": growth,
-                "worker_private": max(end.values()), "total_s": time.perf_counter() - start}
+        return {
+            "seconds_per_image": seconds / max(seen - 256, 1),
+            "worker_growth": growth,
+            "worker_private": max(end.values()),
+            "total_s": time.perf_counter() - start,
+        }
 
 
 class _PathsOnly(torch.utils.data.Dataset):
@@ -211,14 +229,23 @@ def index_workers_component(entries: int, as_list: bool) -> dict:
 
     names = [f"n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG".encode() for i in range(entries)]
     ends = np.cumsum([len(n) for n in names])
-    index = ImageIndex("/data/imagenet/train", np.frombuffer(b"".join(names), np.uint8).copy(), ends,
-                       (np.arange(entries) % 1000).astype(np.int16), [f"n{c:08d}" for c in range(1000)])
+    index = ImageIndex(
+        "/data/imagenet/train",
+        np.frombuffer(b"".join(names), np.uint8).copy(),
+        ends,
+        (np.arange(entries) % 1000).astype(np.int16),
+        [f"n{c:08d}" for c in range(1000)],
+    )
     del names
     samples = [index[i] for i in range(entries)] if as_list else index
-    held = sum(sys.getsizeof(s) + sys.getsizeof(s[0]) for s in samples) + sys.getsizeof(samples) if as_list \
+    held = (
+        sum(sys.getsizeof(s) + sys.getsizeof(s[0]) for s in samples) + sys.getsizeof(samples)
+        if as_list
         else index.nbytes
-    loader = torch.utils.data.DataLoader(_PathsOnly(samples), batch_size=1024, shuffle=True, num_workers=2,
-                                         generator=torch.Generator().manual_seed(0))
+    )
+    loader = torch.utils.data.DataLoader(
+        _PathsOnly(samples), batch_size=1024, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0)
+    )
     first, start = None, time.perf_counter()
     for _ in loader:
         if first is None:
@@ -226,16 +253,29 @@ def index_workers_component(entries: int, as_list: bool) -> dict:
             last = dict(first)
         else:
             last = {pid: private_bytes(pid) for pid in first}  # just before the workers exit
-    return {"worker_growth": max(last[pid] - first[pid] for pid in first), "held": held,
-            "seconds": time.perf_counter() - start}
+    return {
+        "worker_growth": max(last[pid] - first[pid] for pid in first),
+        "held": held,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 MONITOR_ARGS = [
-    "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.precision=32-true",
-    "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.max_steps=1", "--trainer.logger=false",
-    "--trainer.enable_progress_bar=false", "--model.init_args.backbone.name=resnet18",
-    "--model.init_args.backbone.cifar_stem=true", "--model.init_args.backbone.width=4",
-    "--model.init_args.projector_dims=[64,64,64]", "--knn.every_n_epochs=1", "--spectrum.every_n_epochs=1",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.sync_batchnorm=false",
+    "--trainer.precision=32-true",
+    "--trainer.accelerator=cpu",
+    "--trainer.max_epochs=1",
+    "--trainer.max_steps=1",
+    "--trainer.logger=false",
+    "--trainer.enable_progress_bar=false",
+    "--model.init_args.backbone.name=resnet18",
+    "--model.init_args.backbone.cifar_stem=true",
+    "--model.init_args.backbone.width=4",
+    "--model.init_args.projector_dims=[64,64,64]",
+    "--knn.every_n_epochs=1",
+    "--spectrum.every_n_epochs=1",
     "--online_probe.every_n_epochs=1",
 ]
 
@@ -257,6 +297,7 @@ def monitor_component(images: int, held_out: int, output: str) -> dict:
             result = original(self, *args, **kwargs)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
             return result
+
         setattr(cls, hook, wrapper)
 
     timed(monitor.KNNMonitor, "on_fit_start", "knn baselines (raw pixels + random init)")
@@ -269,12 +310,29 @@ def monitor_component(images: int, held_out: int, output: str) -> dict:
     SyntheticImages.setup = lambda self, stage=None: setattr(self, "splits", data.splits)  # made once, above
     reset_peak()
     before = _status()["VmRSS"]
-    cli = pretrain(["--config", str(ROOT / "configs" / "imagenet" / "intl.yaml"), "--data=scale_benchmark.SyntheticImages",
-                    f"--data.num_train={images}", f"--data.num_test={held_out}", "--data.augment={\"size\": 32}",
-                    *MONITOR_ARGS, "--output_dir", output, "--run_name", f"monitors{images}"])
+    cli = pretrain(
+        [
+            "--config",
+            str(ROOT / "configs" / "imagenet" / "intl.yaml"),
+            "--data=scale_benchmark.SyntheticImages",
+            f"--data.num_train={images}",
+            f"--data.num_test={held_out}",
+            '--data.augment={"size": 32}',
+            *MONITOR_ARGS,
+            "--output_dir",
+            output,
+            "--run_name",
+            f"monitors{images}",
+        ]
+    )
     knn = next(c for c in cli.trainer.callbacks if isinstance(c, monitor.KNNMonitor))
-    return {"seconds": seconds, "bank": knn.sizes[0], "queries": knn.sizes[1], "peak_over_data": peak_bytes() - before,
-            "dataset_bytes": dataset_bytes}
+    return {
+        "seconds": seconds,
+        "bank": knn.sizes[0],
+        "queries": knn.sizes[1],
+        "peak_over_data": peak_bytes() - before,
+        "dataset_bytes": dataset_bytes,
+    }
 
 
 def _feature_bank(rows: int, dim: int, in_file: Path | None):
@@ -301,8 +359,12 @@ def knn_component(rows: int, queries: int, in_file: bool) -> dict:
         start = time.perf_counter()
         knn_accuracy(bank, labels, query, torch.arange(queries) % 1000, k=20, backend="torch")
         seconds = time.perf_counter() - start
-        return {"seconds": seconds, "peak_over_start": peak_bytes() - before,
-                "bank_bytes": rows * 2048 * 4, "resident_bank": 0 if in_file else rows * 2048 * 4}
+        return {
+            "seconds": seconds,
+            "peak_over_start": peak_bytes() - before,
+            "bank_bytes": rows * 2048 * 4,
+            "resident_bank": 0 if in_file else rows * 2048 * 4,
+        }
 
 
 def linear_component(rows: int) -> dict:
@@ -352,34 +414,89 @@ def run_scale(args) -> str:
         index = [measure(index_component, n) for n in trees]
         scan = [r["scan_s"] for r in index]
         per_image = index[-1]["scan_s"] / trees[-1]
-        row("index: scan of the tree", trees, scan, seconds, f"n^{growth(trees, scan):.2f}",
-            seconds(per_image * IMAGENET), seconds(per_image * IMAGENET_21K), "once per tree (cached)")
+        row(
+            "index: scan of the tree",
+            trees,
+            scan,
+            seconds,
+            f"n^{growth(trees, scan):.2f}",
+            seconds(per_image * IMAGENET),
+            seconds(per_image * IMAGENET_21K),
+            "once per tree (cached)",
+        )
         load = [r["load_s"] for r in index]
-        row("index: cached load", trees, load, seconds, f"n^{growth(trees, load):.2f}",
-            seconds(load[-1] / trees[-1] * IMAGENET), seconds(load[-1] / trees[-1] * IMAGENET_21K), "per process")
+        row(
+            "index: cached load",
+            trees,
+            load,
+            seconds,
+            f"n^{growth(trees, load):.2f}",
+            seconds(load[-1] / trees[-1] * IMAGENET),
+            seconds(load[-1] / trees[-1] * IMAGENET_21K),
+            "per process",
+        )
         held = [r["bytes_per_image"] for r in index]
-        row("index: host memory per image", trees, held, lambda v: f"{v:.0f} B", "constant",
-            mb(held[-1] * IMAGENET), mb(held[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
+        row(
+            "index: host memory per image",
+            trees,
+            held,
+            lambda v: f"{v:.0f} B",
+            "constant",
+            mb(held[-1] * IMAGENET),
+            mb(held[-1] * IMAGENET_21K),
+            "<= 1 KB / image (goal)",
+        )
 
     if "data" in args.components:
         path = [measure(data_path_component, n, False) for n in trees]
         per = [r["seconds_per_image"] for r in path]
-        row("data path: real ImageFolder loader, seconds per image (32 px views, 2 workers)", trees, per, seconds,
-            f"n^{growth(trees, per):.2f}", "constant per image", "constant per image", "linear in epoch size")
+        row(
+            "data path: real ImageFolder loader, seconds per image (32 px views, 2 workers)",
+            trees,
+            per,
+            seconds,
+            f"n^{growth(trees, per):.2f}",
+            "constant per image",
+            "constant per image",
+            "linear in epoch size",
+        )
         growth_bytes = [r["worker_growth"] for r in path]
-        row("data path: its worker private memory growth over the epoch", trees, growth_bytes, mb,
-            f"n^{growth(trees, growth_bytes):.2f}", "see next rows", "see next rows", "flat (goal)")
+        row(
+            "data path: its worker private memory growth over the epoch",
+            trees,
+            growth_bytes,
+            mb,
+            f"n^{growth(trees, growth_bytes):.2f}",
+            "see next rows",
+            "see next rows",
+            "flat (goal)",
+        )
         entries = [128_000, 512_000] if args.quick else [160_000, 640_000, IMAGENET]
         for as_list, name in ((False, "ours (numpy ImageIndex)"), (True, "a Python list of tuples (torchvision)")):
             results = [measure(index_workers_component, n, as_list) for n in entries]
             grown = [max(r["worker_growth"], 0) for r in results]
             slope = max(grown[-1] - grown[-2], 0) / (entries[-1] - entries[-2])  # bytes per entry beyond the noise
-            row(f"index under 2 workers, one epoch: worker private growth, {name}", entries, grown, mb,
-                f"{slope:.1f} B / image", mb(slope * IMAGENET) + " / worker", mb(slope * IMAGENET_21K) + " / worker",
-                "flat (goal)" if not as_list else "x workers x ranks")
+            row(
+                f"index under 2 workers, one epoch: worker private growth, {name}",
+                entries,
+                grown,
+                mb,
+                f"{slope:.1f} B / image",
+                mb(slope * IMAGENET) + " / worker",
+                mb(slope * IMAGENET_21K) + " / worker",
+                "flat (goal)" if not as_list else "x workers x ranks",
+            )
             held = [r["held"] for r in results]
-            row(f"index held by the main process, {name}", entries, held, mb, f"{held[-1] / entries[-1]:.0f} B / image",
-                mb(held[-1] / entries[-1] * IMAGENET), mb(held[-1] / entries[-1] * IMAGENET_21K), "<= 1 KB / image (goal)")
+            row(
+                f"index held by the main process, {name}",
+                entries,
+                held,
+                mb,
+                f"{held[-1] / entries[-1]:.0f} B / image",
+                mb(held[-1] / entries[-1] * IMAGENET),
+                mb(held[-1] / entries[-1] * IMAGENET_21K),
+                "<= 1 KB / image (goal)",
+            )
 
     if "monitors" in args.components:
         with tempfile.TemporaryDirectory() as tmp:
@@ -387,12 +504,27 @@ def run_scale(args) -> str:
         for name in monitors[0]["seconds"]:
             values = [m["seconds"][name] for m in monitors]
             banks_used = ", ".join(f"{m['bank']:,}" for m in monitors)
-            row(f"{name} (bank {banks_used}; queries {monitors[0]['queries']:,})",
-                memory_sets, values, seconds, f"n^{growth(memory_sets, values):.2f}", "= budget's", "= budget's",
-                "bank <= knn.max_bank")
+            row(
+                f"{name} (bank {banks_used}; queries {monitors[0]['queries']:,})",
+                memory_sets,
+                values,
+                seconds,
+                f"n^{growth(memory_sets, values):.2f}",
+                "= budget's",
+                "= budget's",
+                "bank <= knn.max_bank",
+            )
         extra = [m["peak_over_data"] for m in monitors]
-        row("monitors: peak host memory beyond the dataset", memory_sets, extra, mb,
-            f"n^{growth(memory_sets, extra):.2f}", "= budget's", "= budget's", "independent of the dataset")
+        row(
+            "monitors: peak host memory beyond the dataset",
+            memory_sets,
+            extra,
+            mb,
+            f"n^{growth(memory_sets, extra):.2f}",
+            "= budget's",
+            "= budget's",
+            "independent of the dataset",
+        )
 
     if "knn" in args.components:
         for in_file in (False, True):
@@ -400,27 +532,58 @@ def run_scale(args) -> str:
             times = [r["seconds"] for r in results]
             per_pair = times[-1] / (banks[-1] * queries)
             where = "bank in a FeatureFile" if in_file else "bank in memory"
-            row(f"knn: search, {queries:,} queries x 2048-d, {where}", banks, times, seconds,
-                f"n^{growth(banks, times):.2f}", seconds(per_pair * IMAGENET * 50_000) + " (50 k queries, CPU)",
-                seconds(per_pair * IMAGENET_21K * 50_000) + " (CPU)", "linear in bank x queries")
+            row(
+                f"knn: search, {queries:,} queries x 2048-d, {where}",
+                banks,
+                times,
+                seconds,
+                f"n^{growth(banks, times):.2f}",
+                seconds(per_pair * IMAGENET * 50_000) + " (50 k queries, CPU)",
+                seconds(per_pair * IMAGENET_21K * 50_000) + " (CPU)",
+                "linear in bank x queries",
+            )
             peaks = [r["peak_over_start"] + r["resident_bank"] for r in results]
-            row(f"knn: peak host memory, {where}", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
+            row(
+                f"knn: peak host memory, {where}",
+                banks,
+                peaks,
+                mb,
+                f"n^{growth(banks, peaks):.2f}",
                 mb(peaks[-1] / banks[-1] * IMAGENET) if not in_file else mb(peaks[-1]),
                 mb(peaks[-1] / banks[-1] * IMAGENET_21K) if not in_file else mb(peaks[-1]),
-                "bank / ranks" if not in_file else "one chunk + queries")
+                "bank / ranks" if not in_file else "one chunk + queries",
+            )
     if "linear" in args.components:
         linear = [measure(linear_component, n) for n in banks]
         times = [r["seconds_per_epoch"] for r in linear]
-        row("linear --fast: one epoch, features in a FeatureFile (CPU)", banks, times, seconds,
-            f"n^{growth(banks, times):.2f}", seconds(times[-1] / banks[-1] * IMAGENET),
-            seconds(times[-1] / banks[-1] * IMAGENET_21K), "x 100 epochs")
+        row(
+            "linear --fast: one epoch, features in a FeatureFile (CPU)",
+            banks,
+            times,
+            seconds,
+            f"n^{growth(banks, times):.2f}",
+            seconds(times[-1] / banks[-1] * IMAGENET),
+            seconds(times[-1] / banks[-1] * IMAGENET_21K),
+            "x 100 epochs",
+        )
         peaks = [r["peak_over_start"] for r in linear]
-        row("linear --fast: peak host memory, FeatureFile", banks, peaks, mb, f"n^{growth(banks, peaks):.2f}",
-            mb(peaks[-1]), mb(peaks[-1]), "one block (16,384 rows)")
+        row(
+            "linear --fast: peak host memory, FeatureFile",
+            banks,
+            peaks,
+            mb,
+            f"n^{growth(banks, peaks):.2f}",
+            mb(peaks[-1]),
+            mb(peaks[-1]),
+            "one block (16,384 rows)",
+        )
 
-    header = [f"Scale benchmark; CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
-              f"{time.strftime('%Y-%m-%d')}. Extrapolated linearly from the largest size measured.", "",
-              "| component | measured (images: value) | growth | ImageNet-1k (1.28 M) | ImageNet-21k (14 M) | bound |",
-              "|---|---|---|---|---|---|"]
+    header = [
+        f"Scale benchmark; CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}. Extrapolated linearly from the largest size measured.",
+        "",
+        "| component | measured (images: value) | growth | ImageNet-1k (1.28 M) | ImageNet-21k (14 M) | bound |",
+        "|---|---|---|---|---|---|",
+    ]
     command = " ".join(sys.argv[1:]) or "scale"
     return "\n".join(header + rows + ["", f"Command: `python tools/benchmark.py {command}`"])

@@ -11,43 +11,73 @@ chooses another, ``--resume=false`` starts over); the rules are in :mod:`spectra
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
-import torch
 import yaml
-
 from lightning import LightningDataModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .data import ResumableLoader, UnreadableImageError
+from . import evaluate
+from . import export as export_command
+from .checkpoints import training_loops
+from .command import reports_bad_input
+from .data import ResumableLoader, SkippedImagesReport
+from .engine import SpeedOptions
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from .methods import SSLMethod
-from .runs import (AtomicCheckpointIO, CheckpointWriteError, choose_checkpoint, holds_a_run, move_aside,
-                   remove_partial_writes, resumable_changes)
+from .runs import (
+    AtomicCheckpointIO,
+    choose_checkpoint,
+    holds_a_run,
+    move_aside,
+    remove_partial_writes,
+    resumable_changes,
+)
 
 
 class TrainCLI(LightningCLI):
-    """LightningCLI with a run folder, automatic resume and a kNN monitor."""
+    """LightningCLI with a run folder, automatic resume, the representation monitors and the
+    ``speed:`` section (:class:`~spectral_ssl.engine.SpeedOptions`)."""
 
-    def __init__(self, *args, default_model: str | None = "spectral_ssl.methods.INTL", monitors: bool = True,
-                 run_key: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        default_model: str | None = "spectral_ssl.methods.INTL",
+        monitors: bool = True,
+        run_key: str | None = None,
+        **kwargs,
+    ) -> None:
         self.default_model, self.monitors, self.run_key = default_model, monitors, run_key
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
-        parser.add_argument("--resume", type=bool, default=True,
-                            help="continue from the newest intact checkpoint in <output_dir>/<run_name>/checkpoints/")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="with --resume=false: move a run already in the folder aside and start over")
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="the checkpoint to resume: a PATH, 'last' (the newest in checkpoints/) or 'hpc' "
-                                 "(Lightning's SLURM requeue checkpoint); default: the newest intact of either")
+        parser.add_argument(
+            "--resume",
+            type=bool,
+            default=True,
+            help="continue from the newest intact checkpoint in <output_dir>/<run_name>/checkpoints/",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="with --resume=false: move a run already in the folder aside and start over",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="the checkpoint to resume: a PATH, 'last' (the newest in checkpoints/) or 'hpc' "
+            "(Lightning's SLURM requeue checkpoint); default: the newest intact of either",
+        )
+        parser.add_class_arguments(SpeedOptions, "speed", help="how the training step runs (results unchanged)")
         if self.monitors:
             parser.add_lightning_class_args(KNNMonitor, "knn")
             parser.add_lightning_class_args(OnlineLinearProbe, "online_probe")
@@ -72,10 +102,19 @@ class TrainCLI(LightningCLI):
         return next(c for c in self.trainer.callbacks if isinstance(c, kind))
 
     def instantiate_trainer(self, **kwargs):
-        if self.config_init["trainer"].get("logger") in (None, True):
+        trainer_config, speed = self.config_init["trainer"], self.config_init["speed"]
+        kwargs.update(
+            speed.trainer_arguments(
+                *(trainer_config.get(key, "auto") for key in ("accelerator", "devices")),
+                trainer_config.get("num_nodes", 1),
+                trainer_config.get("strategy"),
+            )
+        )
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *speed.callbacks(), SkippedImagesReport()]
+        if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
         kwargs.setdefault("default_root_dir", str(self.run_dir))
-        if not self.config_init["trainer"].get("plugins"):
+        if not trainer_config.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         self.trainer = super().instantiate_trainer(**kwargs)
         checkpoint = self.callback(ModelCheckpoint)
@@ -96,8 +135,11 @@ def _classes_given(args: list[str]) -> set[str]:
             except (OSError, yaml.YAMLError):
                 continue  # LightningCLI reports it
             if isinstance(loaded, dict):
-                given |= {key for key, value in loaded.items()
-                          if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)}
+                given |= {
+                    key
+                    for key, value in loaded.items()
+                    if isinstance(value, str) or (isinstance(value, dict) and "class_path" in value)
+                }
         elif arg.startswith("--"):
             key = arg[2:].split("=", 1)[0]
             if "." not in key or key.endswith(".class_path"):
@@ -109,10 +151,18 @@ def _cli(args: list[str], command: str, model_class=SSLMethod, **kwargs) -> Trai
     argv, sys.argv = sys.argv, [f"spectral-ssl {command}", *args]  # LightningCLI reads sys.argv itself
     TrainCLI.given = _classes_given(args)
     try:
-        return TrainCLI(model_class, LightningDataModule, subclass_mode_model=model_class is SSLMethod,
-                        subclass_mode_data=True, seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                        parser_kwargs={"allow_abbrev": False},  # --trainer.max_epoch is a mistake, not max_epochs
-                        auto_configure_optimizers=False, run=False, **kwargs)
+        return TrainCLI(
+            model_class,
+            LightningDataModule,
+            subclass_mode_model=model_class is SSLMethod,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"allow_abbrev": False},  # --trainer.max_epoch is a mistake, not max_epochs
+            auto_configure_optimizers=False,
+            run=False,
+            **kwargs,
+        )
     finally:
         sys.argv = argv
 
@@ -121,11 +171,7 @@ def _fit(cli: TrainCLI, datamodule: LightningDataModule | None = None) -> TrainC
     data = getattr(datamodule, "data", datamodule) or cli.datamodule
     if getattr(data, "index_cache", "") is None:  # an ImageFolder's file index: built once, kept with the run
         data.index_cache = str(cli.run_dir / "index")
-    try:
-        ckpt_path = _checkpoint_to_resume(cli)
-        cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=ckpt_path)
-    except (FloatingPointError, FileNotFoundError, UnreadableImageError, ValueError, CheckpointWriteError) as error:
-        sys.exit(f"error: {error}")  # bad input or a failed write: one line, no traceback
+    cli.trainer.fit(cli.model, datamodule=datamodule or cli.datamodule, ckpt_path=_checkpoint_to_resume(cli))
     return cli
 
 
@@ -139,9 +185,11 @@ def _checkpoint_to_resume(cli: TrainCLI) -> str | None:
             raise ValueError("--ckpt_path resumes a run; drop it or --resume=false")
         if holds_a_run(run_dir):
             if not cli.config_init["overwrite"]:
-                raise ValueError(f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not "
-                                 "mix a new run into it: give a new --run_name, or add --overwrite=true to move the old "
-                                 "run aside first")
+                raise ValueError(
+                    f"{run_dir} already holds a run (checkpoints in {folder}); --resume=false does not "
+                    "mix a new run into it: give a new --run_name, or add --overwrite=true to move the old "
+                    "run aside first"
+                )
             if rank_zero_only.rank == 0:  # Lightning's reading of the launcher's variables (torchrun, SLURM)
                 print(f"Moved the old run aside to {move_aside(run_dir)}", file=sys.stderr)
         return None
@@ -152,8 +200,11 @@ def _checkpoint_to_resume(cli: TrainCLI) -> str | None:
     if rank_zero_only.rank == 0:
         print(f"Resuming from {checkpoint} (pass --resume=false to start over)", file=sys.stderr)
         if changes:
-            print(f"Changed settings, applied from here on: {'; '.join(changes)} (the learning-rate schedule "
-                  "continues at the same epoch, planned for them)", file=sys.stderr)
+            print(
+                f"Changed settings, applied from here on: {'; '.join(changes)} (the learning-rate schedule "
+                "continues at the same epoch, planned for them)",
+                file=sys.stderr,
+            )
         for partial in remove_partial_writes(folder):
             print(f"Removed {partial}, a checkpoint write that was interrupted", file=sys.stderr)
     return str(checkpoint)
@@ -163,8 +214,7 @@ def _check_resumable(cli: TrainCLI, checkpoint: Path) -> list[str]:
     """:func:`~spectral_ssl.runs.resumable_changes` of this command's config, and a mid-epoch
     checkpoint's batch layout against this run's."""
     changes = resumable_changes(checkpoint, yaml.safe_load(cli.parser.dump(cli.config)))
-    loops = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("loops", {})
-    for state in loops.get("fit_loop", {}).get("state_dict", {}).get("combined_loader", []):
+    for state in training_loops(checkpoint).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", []):
         ResumableLoader.check_layout(state, cli.datamodule.batch_size, cli.trainer.world_size)
     return changes
 
@@ -174,6 +224,7 @@ def _print_knn(cli: TrainCLI) -> None:
         print(cli.callback(KNNMonitor).summary())
 
 
+@reports_bad_input
 def pretrain(args: list[str]) -> TrainCLI:
     """Self-supervised pretraining (see the module docstring); returns the CLI with its trainer."""
     cli = _fit(_cli(args, "pretrain", default_model="spectral_ssl.methods.INTL"))
@@ -181,6 +232,7 @@ def pretrain(args: list[str]) -> TrainCLI:
     return cli
 
 
+@reports_bad_input
 def supervised(args: list[str]) -> TrainCLI:
     """The supervised reference run: the same options, a labelled classifier, top-1 on the held-out split."""
     cli = _fit(_cli(args, "supervised", default_model="spectral_ssl.methods.SupervisedClassifier"))
@@ -221,25 +273,27 @@ class LinearEvaluationData(LightningDataModule):
         return self.data.pop_skipped()
 
 
+@reports_bad_input
 def linear(args: list[str]):
     """Linear evaluation of a checkpoint (``spectral-ssl linear CKPT [--config configs/linear/...]``):
     the ImageNet protocol through a Trainer, or ``--fast`` on cached features."""
-    from .evaluate import linear_fast, main_guard
-
     fast = [a for a in args if a in ("--fast", "--fast=true", "--fast=false")]
     args = [a for a in args if a not in fast]
     if fast and fast[-1] != "--fast=false":
-        return main_guard(linear_fast, args)
+        return evaluate.linear_fast(args)
     if args and not args[0].startswith("-"):  # the checkpoint as the first argument, the same from any folder
         args = [f"--model.checkpoint={Path(args[0]).expanduser().absolute()}", *args[1:]]
-    cli = _cli(args, "linear", model_class=LinearClassifier, default_model=None, monitors=False,
-               run_key=_evaluated_key(args))
+    cli = _cli(
+        args, "linear", model_class=LinearClassifier, default_model=None, monitors=False, run_key=_evaluated_key(args)
+    )
     data = LinearEvaluationData(cli.datamodule)
     _fit(cli, data)
     metrics = cli.trainer.validate(cli.model, datamodule=data, verbose=False)[0]
     if cli.trainer.is_global_zero:
-        print(f"linear top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
-              f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)")
+        print(
+            f"linear top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
+            f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)"
+        )
     cli.metrics = metrics
     return cli
 
@@ -248,8 +302,6 @@ def _evaluated_key(args: list[str]) -> str | None:
     """``<file stem>-<first 12 hex digits of its SHA-256>`` of the checkpoint a linear evaluation
     evaluates: its classifier run lives in ``<output_dir>/<run_name>/<key>/``, so evaluating
     another checkpoint (or the same path rewritten) never resumes a classifier of another backbone."""
-    import hashlib
-
     given = [a.split("=", 1)[1] for a in args if a.startswith(("--model.checkpoint=", "--model.init_args.checkpoint="))]
     if not given or not Path(given[-1]).is_file():
         return None  # given in a config file, or missing (the model reports it)
@@ -258,29 +310,14 @@ def _evaluated_key(args: list[str]) -> str | None:
     return f"{Path(given[-1]).stem}-{digest[:12]}"
 
 
-def knn(args: list[str]):
-    """kNN evaluation of a checkpoint (see :mod:`spectral_ssl.evaluate`)."""
-    from .evaluate import knn as knn_command, main_guard
-
-    return main_guard(knn_command, args)
-
-
-def spectrum(args: list[str]):
-    """Spectrum of a checkpoint's features (see :mod:`spectral_ssl.evaluate`)."""
-    from .evaluate import main_guard, spectrum as spectrum_command
-
-    return main_guard(spectrum_command, args)
-
-
-def export(args: list[str]) -> None:
-    """Export a pretrained backbone (see :mod:`spectral_ssl.export`)."""
-    from .export import main as export_main
-
-    export_main(args)
-
-
-COMMANDS = {"pretrain": pretrain, "supervised": supervised, "linear": linear, "knn": knn, "spectrum": spectrum,
-            "export": export}
+COMMANDS = {
+    "pretrain": pretrain,
+    "supervised": supervised,
+    "linear": linear,
+    "knn": evaluate.knn,
+    "spectrum": evaluate.spectrum,
+    "export": export_command.main,
+}
 USAGE = """usage: spectral-ssl <command> [options]
 
 commands:
@@ -310,4 +347,3 @@ def main(argv: list[str] | None = None):
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
     return command(argv[1:])
-

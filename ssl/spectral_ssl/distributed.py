@@ -43,10 +43,10 @@ def gather_rows(x: Tensor) -> Tensor:
     dist.all_gather(sizes, torch.tensor([len(x)], device=device))
     longest = int(max(sizes))
     padded = torch.zeros(longest, *x.shape[1:], dtype=x.dtype, device=device)
-    padded[:len(x)] = x
+    padded[: len(x)] = x
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:int(size)] for part, size in zip(parts, sizes)]).to(x.device)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).to(x.device)
 
 
 def all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:

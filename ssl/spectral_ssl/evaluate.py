@@ -17,37 +17,57 @@ Peak host memory is then the model, the test features, one block and the DataLoa
 
 from __future__ import annotations
 
+import atexit
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 from torch import nn
 
+from .checkpoints import load_encoder
+from .command import command_parser, reports_bad_input
 from .data import SSLDataModule, balanced_subset
 from .distributed import rank
-from .evaluation import (PROTOCOLS, FeatureFile, apply_in_batches, covariance_spectrum, extract_features, extract_shard,
-                         knn_accuracy, linear_probe, spectrum_summary, write_spectra)
-from .export import load_encoder
+from .evaluation import (
+    PROTOCOLS,
+    FeatureFile,
+    apply_in_batches,
+    covariance_spectrum,
+    extract_features,
+    extract_shard,
+    knn_accuracy,
+    linear_probe,
+    spectrum_summary,
+    write_spectra,
+)
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
-    parser.add_argument("checkpoint", type=str, help="pretraining checkpoint (.ckpt) or exported backbone "
-                                                     "(backbone.safetensors / backbone.pth)")
+    parser = command_parser(prog, description)
+    parser.add_argument(
+        "checkpoint",
+        type=str,
+        help="pretraining checkpoint (.ckpt) or exported backbone (backbone.safetensors / backbone.pth)",
+    )
     parser.add_subclass_arguments(SSLDataModule, "data", required=False, help="the dataset (default: digits)")
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--precision", type=str, default="32", choices=["32", "bf16"], help="feature extraction")
     parser.add_argument("--batch_size", type=int, default=512)
-    parser.add_argument("--memory_budget_gb", type=float, default=8.0,
-                        help="training features a process holds in memory (else in a file under --cache_dir)")
-    parser.add_argument("--cache_dir", type=str, default=None,
-                        help="folder for features over the budget (default: features/ beside the checkpoint)")
+    parser.add_argument(
+        "--memory_budget_gb",
+        type=float,
+        default=8.0,
+        help="training features a process holds in memory (else in a file under --cache_dir)",
+    )
+    parser.add_argument(
+        "--cache_dir",
+        type=str,
+        default=None,
+        help="folder for features over the budget (default: features/ beside the checkpoint)",
+    )
     parser.set_defaults({"data": {"class_path": "spectral_ssl.data.DigitsDataModule"}})
     return parser
 
@@ -60,6 +80,7 @@ def _setup(parser: ArgumentParser, args: list[str]):
         init.data.index_cache = str((folder.parent if folder.name == "checkpoints" else folder) / "index")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)  # a live group's threads at exit can abort the process
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     device = config.device
@@ -104,39 +125,54 @@ def _release(features) -> None:
         features.delete()
 
 
+@reports_bad_input
 def knn(args: list[str]) -> dict[str, float]:
-    parser = _parser("spectral-ssl knn", "kNN top-1 of a backbone's features: weighted (cosine, k=20 and 200, "
-                     "T=0.07) and the official INTL 5-NN (L2, unweighted).")
+    parser = _parser(
+        "spectral-ssl knn",
+        "kNN top-1 of a backbone's features: weighted (cosine, k=20 and 200, "
+        "T=0.07) and the official INTL 5-NN (L2, unweighted).",
+    )
     parser.add_argument("--k", type=list[int], default=[20, 200], help="k of the weighted protocol")
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--backend", type=str, default="auto", choices=["auto", "faiss", "torch"])
     config, datamodule, backbone, _, device, precision = _setup(parser, args)
     (bank, bank_labels), (queries, labels), seconds = _features(backbone, datamodule, config, device, precision)
     where = "a file" if isinstance(bank, FeatureFile) else str(bank.device)
-    _say(f"features: {len(datamodule.labels('train'))} train x {bank.shape[1]} (this process's share of "
-         f"{len(bank)} in {where}), {len(queries)} test, extracted in {seconds:.1f} s")
+    _say(
+        f"features: {len(datamodule.labels('train'))} train x {bank.shape[1]} (this process's share of "
+        f"{len(bank)} in {where}), {len(queries)} test, extracted in {seconds:.1f} s"
+    )
     protocols = {f"weighted k={k} T={config.temperature}": dict(k=k, temperature=config.temperature) for k in config.k}
     protocols["5-NN L2 (INTL)"] = PROTOCOLS["5-NN L2 (INTL)"]
     results = {}
     try:
         for name, options in protocols.items():
             start = time.perf_counter()
-            results[name] = knn_accuracy(bank, bank_labels, queries, labels, backend=config.backend, sharded=True,
-                                         **options)
+            results[name] = knn_accuracy(
+                bank, bank_labels, queries, labels, backend=config.backend, sharded=True, **options
+            )
             _say(f"kNN top-1, {name:<26} {100 * results[name]:6.2f}%   ({time.perf_counter() - start:.2f} s)")
     finally:
         _release(bank)
     return results
 
 
+@reports_bad_input
 def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
-    parser = _parser("spectral-ssl spectrum", "Eigen-spectrum of the backbone features and of the projector's "
-                     "embedding (pretraining checkpoints) on the clean test images: effective rank, RankMe, "
-                     "condition number, and spectrum.png + spectrum.csv.")
+    parser = _parser(
+        "spectral-ssl spectrum",
+        "Eigen-spectrum of the backbone features and of the projector's "
+        "embedding (pretraining checkpoints) on the clean test images: effective rank, RankMe, "
+        "condition number, and spectrum.png + spectrum.csv.",
+    )
     parser.add_argument("--out", type=str, default=None, help="output folder (default: beside the checkpoint)")
     parser.add_argument("--split", type=str, default="test", choices=["train", "test"])
-    parser.add_argument("--max_images", type=Optional[int], default=50_000,
-                        help="a class-balanced subset of at most this many images of the split (null: all)")
+    parser.add_argument(
+        "--max_images",
+        type=int | None,
+        default=50_000,
+        help="a class-balanced subset of at most this many images of the split (null: all)",
+    )
     config, datamodule, backbone, projector, device, precision = _setup(parser, args)
     indices = balanced_subset(datamodule.labels(config.split), config.max_images, getattr(datamodule, "seed", 0))
     loader = datamodule.eval_dataloader(config.split, config.batch_size, indices)
@@ -147,8 +183,10 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
     for name, values in features.items():
         spectra[name], summaries[name] = covariance_spectrum(values), spectrum_summary(values)
         s = summaries[name]
-        _say(f"{name:<9} dim {int(s['dim']):5d}  effective rank {s['effective_rank']:8.2f}  RankMe {s['rankme']:8.2f}  "
-             f"condition number {s['condition_number']:.3g}")
+        _say(
+            f"{name:<9} dim {int(s['dim']):5d}  effective rank {s['effective_rank']:8.2f}  RankMe {s['rankme']:8.2f}  "
+            f"condition number {s['condition_number']:.3g}"
+        )
     if _is_main():
         out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent / "spectrum"
         png, csv = write_spectra(spectra, out, title=Path(config.checkpoint).name)
@@ -156,10 +194,14 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
     return summaries
 
 
+@reports_bad_input
 def linear_fast(args: list[str]) -> float:
-    parser = _parser("spectral-ssl linear --fast", "Fast linear evaluation: features of the clean images extracted "
-                     "once, then a linear classifier (Adam, cosine) trained on them for many epochs. The quick "
-                     "number; `spectral-ssl linear` without --fast runs the reportable ImageNet protocol.")
+    parser = _parser(
+        "spectral-ssl linear --fast",
+        "Fast linear evaluation: features of the clean images extracted "
+        "once, then a linear classifier (Adam, cosine) trained on them for many epochs. The quick "
+        "number; `spectral-ssl linear` without --fast runs the reportable ImageNet protocol.",
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight_decay", type=float, default=5e-6)
@@ -167,17 +209,20 @@ def linear_fast(args: list[str]) -> float:
     (x_train, y_train), (x_test, y_test), seconds = _features(backbone, datamodule, config, device, precision)
     start = time.perf_counter()
     try:
-        top1 = linear_probe(x_train, y_train.to(device), x_test, y_test, epochs=config.epochs, lr=config.lr,
-                            weight_decay=config.weight_decay, sharded=True)
+        top1 = linear_probe(
+            x_train,
+            y_train.to(device),
+            x_test,
+            y_test,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            sharded=True,
+        )
     finally:
         _release(x_train)
-    _say(f"linear top-1 (fast, cached features, {config.epochs} epochs): {100 * top1:.2f}%   "
-         f"(extraction {seconds:.1f} s, training {time.perf_counter() - start:.1f} s)")
+    _say(
+        f"linear top-1 (fast, cached features, {config.epochs} epochs): {100 * top1:.2f}%   "
+        f"(extraction {seconds:.1f} s, training {time.perf_counter() - start:.1f} s)"
+    )
     return top1
-
-
-def main_guard(command, args: list[str]):
-    try:
-        return command(args)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")

@@ -8,14 +8,15 @@ for logging.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributed import gather_with_grad
-from .spectral import Form, full_precision_dtype, iternorm, spectral_transform, trace_loss
+from .seeding import mix_seeds
+from .spectral import Form, cholesky_whitening, full_precision, iternorm, spectral_transform, trace_loss
 
 
 def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -104,8 +105,15 @@ class INTLLoss(SpectralAlignmentLoss):
     each rank's local batch instead (per-GPU statistics).
     """
 
-    def __init__(self, iters: int = 4, eps: float = 0.0, axis: int = 0, trace_weight: float | None = None,
-                 gather: bool = True, form: Form = "auto") -> None:
+    def __init__(
+        self,
+        iters: int = 4,
+        eps: float = 0.0,
+        axis: int = 0,
+        trace_weight: float | None = None,
+        gather: bool = True,
+        form: Form = "auto",
+    ) -> None:
         super().__init__(axis, trace_weight, gather)
         self.iters, self.eps, self.form = iters, eps, form
 
@@ -127,10 +135,25 @@ class STLoss(SpectralAlignmentLoss):
     (``axis=1``) by default, as in the paper's equations.
     """
 
-    def __init__(self, power: float = -0.5, method: str = "eigh", axis: int = 1, eps: float = 1e-5, iters: int = 4,
-                 trace_weight: float = 0.0, gather: bool = True) -> None:
+    def __init__(
+        self,
+        power: float = -0.5,
+        method: str = "eigh",
+        axis: int = 1,
+        eps: float = 1e-5,
+        iters: int = 4,
+        trace_weight: float = 0.0,
+        gather: bool = True,
+    ) -> None:
         super().__init__(axis, trace_weight, gather)
         self.power, self.method, self.eps, self.iters = power, method, eps, iters
+
+    @property
+    def host_sync(self) -> str | None:
+        """Why a call waits for the host (None: it never does): the eigendecomposition does."""
+        if self.method == "eigh":
+            return "STLoss(method='eigh') (the eigendecomposition waits for the host; method='newton' does not)"
+        return None
 
     def transform(self, z: Tensor) -> Tensor:
         return spectral_transform(z, self.power, method=self.method, axis=self.axis, eps=self.eps, iters=self.iters)
@@ -142,11 +165,6 @@ class STLoss(SpectralAlignmentLoss):
 def _off_diagonal(matrix: Tensor) -> Tensor:
     n = matrix.shape[0]
     return matrix.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
-
-
-def _full_precision(*tensors: Tensor) -> list[Tensor]:
-    """float32 (float64 stays float64), for the statistics that half precision ruins."""
-    return [t.to(full_precision_dtype(t)) for t in tensors]
 
 
 class _TwoViewLoss(nn.Module):
@@ -164,11 +182,10 @@ class _TwoViewLoss(nn.Module):
     def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
         if len(embeddings) != 2:
             raise ValueError(f"{type(self).__name__} takes exactly 2 views, got {len(embeddings)}")
-        a, b = embeddings
-        with torch.autocast(device_type=a.device.type, enabled=False):
-            if self.gather:
-                a, b = gather_with_grad(a), gather_with_grad(b)
-            return self.pair_loss(*_full_precision(a, b))
+        if self.gather:
+            embeddings = [gather_with_grad(z) for z in embeddings]
+        with full_precision(*embeddings) as (a, b):
+            return self.pair_loss(a, b)
 
 
 class BarlowTwinsLoss(_TwoViewLoss):
@@ -188,8 +205,11 @@ class BarlowTwinsLoss(_TwoViewLoss):
         c = a.T @ b / a.shape[0]
         on_diagonal = (torch.diagonal(c) - 1).square().sum()
         off_diagonal = _off_diagonal(c).square().sum()
-        return {"loss": on_diagonal + self.lambd * off_diagonal, "on_diagonal": on_diagonal.detach(),
-                "off_diagonal": off_diagonal.detach()}
+        return {
+            "loss": on_diagonal + self.lambd * off_diagonal,
+            "on_diagonal": on_diagonal.detach(),
+            "off_diagonal": off_diagonal.detach(),
+        }
 
 
 class VICRegLoss(_TwoViewLoss):
@@ -200,8 +220,9 @@ class VICRegLoss(_TwoViewLoss):
     covariance; the invariance term has the same value either way); float32 under autocast.
     """
 
-    def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
-                 gather: bool = True) -> None:
+    def __init__(
+        self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, gather: bool = True
+    ) -> None:
         super().__init__(gather)
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
 
@@ -212,8 +233,12 @@ class VICRegLoss(_TwoViewLoss):
         variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / 2
         covariance = sum(_off_diagonal(x.T @ x / (n - 1)).square().sum() / d for x in (a, b))
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
-        return {"loss": loss, "invariance": invariance.detach(), "variance": variance.detach(),
-                "covariance": covariance.detach()}
+        return {
+            "loss": loss,
+            "invariance": invariance.detach(),
+            "variance": variance.detach(),
+            "covariance": covariance.detach(),
+        }
 
 
 class NTXentLoss(_TwoViewLoss):
@@ -236,18 +261,6 @@ class NTXentLoss(_TwoViewLoss):
         return {"loss": F.cross_entropy(logits, targets)}
 
 
-def cholesky_whitening(z: Tensor, eps: float = 0.0) -> Tensor:
-    """W-MSE's whitening of (N, D) rows: Zc L^-T with L L^T = (1 - eps) Cov(Z) + eps I (Cholesky,
-    unbiased covariance), so the output's covariance is the identity (Ermolov et al., ICML 2021)."""
-    dtype = full_precision_dtype(z)
-    zc = z.to(dtype) - z.to(dtype).mean(0)
-    eye = torch.eye(z.shape[1], dtype=dtype, device=z.device)
-    cov = (1 - eps) * (zc.T @ zc) / (z.shape[0] - 1) + eps * eye
-    lower = torch.linalg.cholesky(cov)
-    # rows: L^-1 zc_i, i.e. Zc L^-T
-    return torch.linalg.solve_triangular(lower, zc.T, upper=False).T
-
-
 class WMSELoss(nn.Module):
     """W-MSE (Ermolov et al., "Whitening for Self-Supervised Representation Learning", ICML 2021).
 
@@ -264,7 +277,12 @@ class WMSELoss(nn.Module):
     ``w_size`` must divide N and exceed the embedding width (else the covariance is singular).
     """
 
-    def __init__(self, w_size: int = 128, w_iter: int = 1, eps: float = 0.0, gather: bool = True, seed: int = 0) -> None:
+    host_sync = "W-MSE (it draws its sub-batch permutations on the host every call)"
+    """Why a call waits for the host (see :class:`spectral_ssl.engine.CUDAGraphStrategy`)."""
+
+    def __init__(
+        self, w_size: int = 128, w_iter: int = 1, eps: float = 0.0, gather: bool = True, seed: int = 0
+    ) -> None:
         super().__init__()
         self.w_size, self.w_iter, self.eps, self.gather, self.seed = w_size, w_iter, eps, gather, seed
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
@@ -272,15 +290,16 @@ class WMSELoss(nn.Module):
     def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
         if len(embeddings) < 2:
             raise ValueError(f"WMSELoss needs at least 2 views, got {len(embeddings)}")
-        with torch.autocast(device_type=embeddings[0].device.type, enabled=False):
-            if self.gather:
-                embeddings = [gather_with_grad(z) for z in embeddings]
-            embeddings = _full_precision(*embeddings)
+        if self.gather:
+            embeddings = [gather_with_grad(z) for z in embeddings]
+        with full_precision(*embeddings) as embeddings:
             n, d = embeddings[0].shape
             if n % self.w_size or self.w_size <= d:
-                raise ValueError(f"W-MSE: w_size={self.w_size} must divide the global batch {n} and exceed the "
-                                 f"embedding width {d}; set model.w_size accordingly")
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.calls))
+                raise ValueError(
+                    f"W-MSE: w_size={self.w_size} must divide the global batch {n} and exceed the "
+                    f"embedding width {d}; set model.w_size accordingly"
+                )
+            generator = torch.Generator().manual_seed(mix_seeds(self.seed, int(self.calls)))
             self.calls += 1
             total, pairs = 0.0, 0
             for _ in range(self.w_iter):
@@ -307,10 +326,10 @@ class BYOLLoss(nn.Module):
 
     def forward(self, predictions: Sequence[Tensor], targets: Sequence[Tensor]) -> dict[str, Tensor]:
         if len(predictions) != len(targets) or len(predictions) < 2:
-            raise ValueError(f"BYOLLoss needs as many predictions as targets, at least 2 (got "
-                             f"{len(predictions)} and {len(targets)})")
-        with torch.autocast(device_type=predictions[0].device.type, enabled=False):
-            predictions = _full_precision(*predictions)
-            targets = _full_precision(*(t.detach() for t in targets))
+            raise ValueError(
+                f"BYOLLoss needs as many predictions as targets, at least 2 (got {len(predictions)} and {len(targets)})"
+            )
+        with full_precision(*predictions, *(t.detach() for t in targets)) as tensors:
+            predictions, targets = tensors[: len(predictions)], tensors[len(predictions) :]
             loss = sum(normalized_mse(p, t) for i, p in enumerate(predictions) for j, t in enumerate(targets) if i != j)
         return {"loss": loss}

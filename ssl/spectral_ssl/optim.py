@@ -30,6 +30,20 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.001
 
 
+def global_batch_size(trainer) -> int:
+    """Images per optimizer step over all processes: the datamodule's per-device ``batch_size``
+    x devices x nodes x gradient accumulation."""
+    per_device = getattr(trainer.datamodule, "batch_size", None)
+    if per_device is None:
+        raise AttributeError("the datamodule must expose batch_size (per device) to scale the learning rate")
+    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def scaled_lr(base_lr: float, trainer) -> float:
+    """The linear scaling rule (Goyal et al., 2017): ``base_lr`` x global batch / 256."""
+    return base_lr * global_batch_size(trainer) / 256
+
+
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
     """Two groups: decayed weights, and (when excluded) biases + normalization parameters with
     weight_decay 0. Normalization layers are found by module type, not by tensor shape."""
@@ -44,11 +58,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_nor
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float | torch.Tensor,
-                    capturable: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
     """The optimizer of ``config`` over ``model``'s trainable parameters; SGD and Adam use torch's
-    fused CUDA kernels when every parameter is on a GPU. For a step captured in a CUDA graph
-    (``capturable``, SGD and Adam only), ``lr`` is a one-element float32 tensor on the GPU."""
+    fused CUDA kernels when every parameter is on a GPU."""
     groups = parameter_groups(model, config.weight_decay, config.exclude_bias_and_norm)
     fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     if config.name == "sgd":
@@ -59,7 +71,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float | torch
         # timm's LARS adapts only groups whose weight decay is non-zero (always_adapt=False).
         return Lars(groups, lr=lr, momentum=config.momentum)
     if config.name == "adam":  # W-MSE's optimizer; weight decay as L2 in the gradient, as in its code
-        return torch.optim.Adam(groups, lr=lr, fused=fused, capturable=capturable)
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
 
 
@@ -78,8 +90,15 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
     another T (``trainer.max_epochs``), another number of steps per epoch (devices, batch size).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, min_lr_ratio: float, warmup_steps: int | None = None,
-                 total_steps: int | None = None, steps_per_epoch: int = 1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        min_lr_ratio: float,
+        warmup_steps: int | None = None,
+        total_steps: int | None = None,
+        steps_per_epoch: int = 1,
+    ) -> None:
         self.min_lr_ratio, self.warmup_steps, self.total_steps = min_lr_ratio, 0, None
         self.steps_per_epoch, self._loaded = steps_per_epoch, None
         super().__init__(optimizer)

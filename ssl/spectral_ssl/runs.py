@@ -30,6 +30,8 @@ import yaml
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .checkpoints import unreadable_reason
+
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (read-only folder, full disk): the run stops."""
@@ -53,41 +55,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(temporary, path)
         except OSError as error:
             temporary.unlink(missing_ok=True)
-            raise CheckpointWriteError(f"could not write checkpoint {path}: {error}. Nothing after the last "
-                                       "checkpoint is saved: free space or fix the folder's permissions, then run "
-                                       "the same command to resume") from error
-
-
-def _loads(path: Path) -> str | None:
-    """None when ``path`` is a readable checkpoint, else why not."""
-    if not path.exists():
-        return "no such file (or a link to a missing one)"
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # truncated zip, foreign pickle: anything that would stop Lightning's load
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        return "not a Lightning checkpoint"
-    return None
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {error}. Nothing after the last "
+                "checkpoint is saved: free space or fix the folder's permissions, then run "
+                "the same command to resume"
+            ) from error
 
 
 def run_checkpoints(run_dir: Path, folder: Path, kind: str | None = None) -> list[Path]:
     """The checkpoints of a run: ``kind="last"``, those of the checkpoint callback's ``folder``;
     ``"hpc"``, Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``, written in the run
     folder on SIGUSR1); None, both."""
-    return [*(folder.glob("*.ckpt") if kind != "hpc" else []),
-            *(run_dir.glob("hpc_ckpt_*.ckpt") if kind != "last" else [])]
+    return [
+        *(folder.glob("*.ckpt") if kind != "hpc" else []),
+        *(run_dir.glob("hpc_ckpt_*.ckpt") if kind != "last" else []),
+    ]
 
 
 def newest_intact_checkpoint(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest of ``paths`` that loads, and the newer ones that did not (with the reason).
     ``last.ckpt`` comes first among files of the same time (it links to or copies the newest)."""
+
     def newest_first(path: Path):
         return (path.stat().st_mtime_ns if path.exists() else 0, path.name == "last.ckpt")
 
     damaged = []
     for path in sorted(paths, key=newest_first, reverse=True):
-        reason = _loads(path)
+        reason = unreadable_reason(path)
         if reason is None:
             return path, damaged
         damaged.append((path, reason))
@@ -108,13 +102,29 @@ NOT_THE_RUN = ("config", "run_name", "output_dir", "resume", "overwrite", "ckpt_
 """Where the run is and how this command starts it: never compared."""
 
 MAY_CHANGE_ON_RESUME = (
-    "trainer.max_epochs", "model.optimizer.lr",  # the schedule continues at the same epoch, re-planned
-    "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "data.batch_size",
-    "data.root", "data.num_workers",  # where the run goes on (a requeue on other nodes, the dataset moved)
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "knn.", "spectrum.", "online_probe.",
+    "trainer.max_epochs",
+    "model.optimizer.lr",  # the schedule continues at the same epoch, re-planned
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "data.batch_size",
+    "data.root",
+    "data.num_workers",  # where the run goes on (a requeue on other nodes, the dataset moved)
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "knn.",
+    "spectrum.",
+    "online_probe.",
     "checkpoint.",  # what is watched and kept: not what is trained
+    "speed.channels_last",
+    "speed.compile",  # how the step runs, not what it computes
 )
 """Config keys (or key prefixes) a resumed run applies from where it resumes; others must match."""
+
+
+RENAMED = {"model.speed.": "speed."}
+"""Keys that moved (old prefix -> new): a run's saved config is read with the new names."""
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -133,7 +143,7 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """The keys whose values differ between a run's saved config and the current one, as
     ``"key: old -> new"``: (those that may change on resume, those that may not)."""
-    saved, current = flat_config(saved), flat_config(current)
+    saved, current = _renamed(flat_config(saved)), flat_config(current)
     allowed, refused = [], []
     for key in sorted(saved.keys() | current.keys()):
         if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key):
@@ -141,6 +151,14 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         may_change = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
         (allowed if may_change else refused).append(f"{key}: {saved.get(key)} -> {current.get(key)}")
     return allowed, refused
+
+
+def _renamed(flat: dict[str, Any]) -> dict[str, Any]:
+    def new_name(key: str) -> str:
+        old = next((old for old in RENAMED if key.startswith(old)), None)
+        return RENAMED[old] + key.removeprefix(old) if old else key
+
+    return {new_name(key): value for key, value in flat.items()}
 
 
 def holds_a_run(run_dir: Path) -> bool:
@@ -169,8 +187,10 @@ def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Pat
         print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
     if checkpoint is None and (damaged or ckpt_path is not None):
         where = {"last": f"in {folder}", "hpc": f"named hpc_ckpt_N.ckpt in {run_dir}"}.get(ckpt_path, f"in {run_dir}")
-        raise FileNotFoundError(f"no intact checkpoint {where} to resume; --resume=false --overwrite=true starts over "
-                                "(moving the run aside)")
+        raise FileNotFoundError(
+            f"no intact checkpoint {where} to resume; --resume=false --overwrite=true starts over "
+            "(moving the run aside)"
+        )
     return checkpoint
 
 
@@ -178,14 +198,18 @@ def resumable_changes(checkpoint: Path, current: dict) -> list[str]:
     """Refuses to resume ``checkpoint`` with a config (``current``) other than the one its run was
     trained with (the ``config.yaml`` beside its folder; the CLI writes it again only after this
     check), but for :data:`MAY_CHANGE_ON_RESUME`, whose changes it returns."""
-    saved = next((d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent)
-                  if (d / "config.yaml").is_file()), None)
+    saved = next(
+        (d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()),
+        None,
+    )
     if saved is None:
         return []
     allowed, refused = config_changes(yaml.safe_load(saved.read_text()), current)
     if refused:
-        raise ValueError(f"{checkpoint} was trained with other settings ({saved}): {'; '.join(refused)}. These "
-                         "cannot change within a run: drop them to resume it, or give a new --run_name to start a "
-                         "new run (on resume, trainer.max_epochs, model.optimizer.lr, devices, nodes and "
-                         "data.batch_size may change)")
+        raise ValueError(
+            f"{checkpoint} was trained with other settings ({saved}): {'; '.join(refused)}. These "
+            "cannot change within a run: drop them to resume it, or give a new --run_name to start a "
+            "new run (on resume, trainer.max_epochs, model.optimizer.lr, devices, nodes and "
+            "data.batch_size may change)"
+        )
     return allowed

@@ -12,6 +12,8 @@ Newton–Schulz iteration and the trace normalisation lose all accuracy in half 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -26,7 +28,16 @@ def full_precision_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _newton_schulz(sigma_n: Tensor, iters: int) -> Tensor:
+@contextmanager
+def full_precision(*tensors: Tensor, dtype: torch.dtype | None = None) -> Iterator[list[Tensor]]:
+    """Autocast off for the block, and ``tensors`` cast to ``dtype`` (default
+    :func:`full_precision_dtype`): ``with full_precision(a, b) as (a, b): ...`` is how every
+    statistic that half precision would ruin (whitening, covariances, losses) is computed."""
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        yield [t.to(dtype or full_precision_dtype(t)) for t in tensors]
+
+
+def newton_schulz(sigma_n: Tensor, iters: int) -> Tensor:
     """P_T of the plain (uncoupled) Newton–Schulz iteration for sigma_n^{-1/2}.
 
     P_0 = I, P_{k+1} = 1.5 P_k - 0.5 P_k^3 sigma_n  (batched over leading dimensions).
@@ -63,7 +74,7 @@ def whiten_rows(x: Tensor, scale: float, *, iters: int, eps: float, side: Side =
         gram = x.transpose(-2, -1) @ x
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     sigma_n = ((1.0 - eps) * scale * gram + eps * eye) / trace
-    p = _newton_schulz(sigma_n, iters)
+    p = newton_schulz(sigma_n, iters)
     out = p @ x if use_rows else x @ p
     return out * trace.rsqrt()
 
@@ -109,8 +120,7 @@ def iternorm(
         raise ValueError("groups applies to feature whitening (axis=1) only")
     if d % groups:
         raise ValueError(f"dim {d} is not divisible into groups={groups}")
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.to(full_precision_dtype(z))
+    with full_precision(z) as (z,):
         if axis == 0:
             if d < 2:
                 raise ValueError("sample whitening (axis=0) needs at least 2 features")
@@ -133,16 +143,23 @@ def trace_loss(z_hat: Tensor, *, axis: int = 0) -> Tensor:
     ``axis=1``: v_j is the unbiased variance of feature j over the batch (D terms).
     Summed, not averaged, as in the official code; O(N D) either way.
     """
-    with torch.autocast(device_type=z_hat.device.type, enabled=False):
-        z_hat = z_hat.to(full_precision_dtype(z_hat))
+    with full_precision(z_hat) as (z_hat,):
         dim = 1 if axis == 0 else 0
         centred = z_hat - z_hat.mean(dim=dim, keepdim=True)
         variance = centred.square().sum(dim=dim) / (z_hat.shape[dim] - 1)
         return (variance - 1.0).square().sum()
 
 
-def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh", "newton"] = "eigh",
-                       axis: int = 1, eps: float = 1e-5, iters: int = 4, dtype: torch.dtype | None = None) -> Tensor:
+def spectral_transform(
+    z: Tensor,
+    power: float = -0.5,
+    *,
+    method: Literal["eigh", "newton"] = "eigh",
+    axis: int = 1,
+    eps: float = 1e-5,
+    iters: int = 4,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """Spectral transformation ST_p: the centred embedding with its covariance's spectrum mapped
     through lambda -> lambda^p (Weng et al., ICLR 2024, Sec. 3): with Sigma = U diag(lambda) U^T,
 
@@ -155,7 +172,8 @@ def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh"
     default for accuracy; gradients through eigh grow large where eigenvalues nearly coincide, the
     usual caveat of eigendecomposition-based whitening). ``eps`` (1e-5) is added to every
     eigenvalue; for p < 0 it bounds the gain of near-null directions, and exactly null directions
-    (rank-deficient batches, where the data has no component) get 0, as a pseudo-inverse would. ``method="newton"`` exists
+    (rank-deficient batches, where the data has no component) get 0, as a pseudo-inverse would.
+    ``method="newton"`` exists
     for p = -1/2 only: IterNorm with ``iters`` iterations, trace-normalized and without eps (see
     :func:`iternorm`), which equals the eigh result in the limit of many iterations.
     """
@@ -170,8 +188,7 @@ def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh"
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 (samples) or 1 (features), got {axis}")
     out_dtype = full_precision_dtype(z)
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.to(dtype or torch.float64)
+    with full_precision(z, dtype=dtype or torch.float64) as (z,):
         if axis == 0:
             x, scale = z - z.mean(dim=1, keepdim=True), 1.0 / (z.shape[1] - 1)  # rows are samples
         else:
@@ -190,3 +207,15 @@ def spectral_transform(z: Tensor, power: float = -0.5, *, method: Literal["eigh"
             out = (x @ vectors) * factor @ vectors.T
         out = out if axis == 0 else out.T
         return out.to(out_dtype)
+
+
+def cholesky_whitening(z: Tensor, eps: float = 0.0) -> Tensor:
+    """W-MSE's whitening of (N, D) rows: Zc L^-T with L L^T = (1 - eps) Cov(Z) + eps I (Cholesky,
+    unbiased covariance), so the output's covariance is the identity (Ermolov et al., ICML 2021)."""
+    dtype = full_precision_dtype(z)
+    zc = z.to(dtype) - z.to(dtype).mean(0)
+    eye = torch.eye(z.shape[1], dtype=dtype, device=z.device)
+    cov = (1 - eps) * (zc.T @ zc) / (z.shape[0] - 1) + eps * eye
+    lower = torch.linalg.cholesky(cov)
+    # rows: L^-1 zc_i, i.e. Zc L^-T
+    return torch.linalg.solve_triangular(lower, zc.T, upper=False).T

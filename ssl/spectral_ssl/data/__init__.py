@@ -14,6 +14,21 @@ from .subsets import balanced_order, balanced_subset
 from .tensor_sets import CIFARDataModule, STL10DataModule
 from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler, TensorImageDataset
 
-__all__ = ["Augmentation", "CIFARDataModule", "DigitsDataModule", "ImageFileDataset", "ImageFolderDataModule",
-           "ImageIndex", "MultiView", "ResumableLoader", "SSLDataModule", "STL10DataModule", "SeededEpochSampler",
-           "SkippedImagesReport", "TensorImageDataset", "UnreadableImageError", "balanced_order", "balanced_subset"]
+__all__ = [
+    "Augmentation",
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "ImageFileDataset",
+    "ImageFolderDataModule",
+    "ImageIndex",
+    "MultiView",
+    "ResumableLoader",
+    "SSLDataModule",
+    "STL10DataModule",
+    "SeededEpochSampler",
+    "SkippedImagesReport",
+    "TensorImageDataset",
+    "UnreadableImageError",
+    "balanced_order",
+    "balanced_subset",
+]

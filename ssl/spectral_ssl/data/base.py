@@ -4,13 +4,15 @@ the linear-evaluation loaders, built from one method a dataset implements (:meth
 from __future__ import annotations
 
 import logging
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from ..seeding import mix_seeds
 from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,15 @@ class SSLDataModule(L.LightningDataModule):
     std: Sequence[float]
     image_size: int
 
-    def __init__(self, batch_size: int = 256, num_workers: int = 4, num_views: int = 2,
-                 augment: Augmentation | list[Augmentation] = Augmentation(), seed: int = 0,
-                 augment_on_device: bool = False) -> None:
+    def __init__(
+        self,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        num_views: int = 2,
+        augment: Augmentation | list[Augmentation] = Augmentation(),
+        seed: int = 0,
+        augment_on_device: bool = False,
+    ) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
         self.augment, self.augment_on_device = augment, augment_on_device
@@ -84,8 +92,9 @@ class SSLDataModule(L.LightningDataModule):
     def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
         """The whole pretraining split as one uint8 (N, 3, H, W) tensor and its labels (-1 where
         unlabeled), for ``augment_on_device`` (datasets held in memory implement it)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot hold its images on the device; "
-                                  "set data.augment_on_device=false")
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot hold its images on the device; set data.augment_on_device=false"
+        )
 
     # --- transforms --------------------------------------------------------------------------
     def view_recipes(self) -> list[Augmentation]:
@@ -103,20 +112,38 @@ class SSLDataModule(L.LightningDataModule):
         return recipe.build(self.mean, self.std)
 
     # --- loaders -----------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                collate_fn: Callable = collate_skipping) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        collate_fn: Callable = collate_skipping,
+    ) -> DataLoader:
         if drop_last:  # the pretraining loaders: every batch full
             self.check_batch_size(len(dataset))  # type: ignore[arg-type]
         trainer = self.trainer
-        sampler = SeededEpochSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
-                                     rank=trainer.global_rank if trainer else 0, shuffle=shuffle, seed=self.seed,
-                                     drop_last=drop_last)
+        sampler = SeededEpochSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=drop_last,
+        )
         # the epoch Lightning is about to train: it sets it itself only after the first batches are drawn
         sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
-        return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                               collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                               position=self.training_position)
+        return ResumableLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
+            pin_memory=torch.cuda.is_available(),
+            position=self.training_position,
+        )
 
     def training_position(self) -> tuple[int, int]:
         """(epoch, batches of it trained so far): where a checkpoint written now resumes."""
@@ -137,12 +164,16 @@ class SSLDataModule(L.LightningDataModule):
         of an epoch is full, so there would be none and nothing would train)."""
         processes = self.trainer.world_size if self.trainer else 1
         if self.batch_size < 2:
-            raise ValueError(f"data.batch_size={self.batch_size}: the projector's BatchNorm and the whitening need at "
-                             "least 2 images per device")
+            raise ValueError(
+                f"data.batch_size={self.batch_size}: the projector's BatchNorm and the whitening need at "
+                "least 2 images per device"
+            )
         if images // processes < self.batch_size:
-            raise ValueError(f"data.batch_size={self.batch_size} is larger than the {images // processes} training "
-                             f"images each of the {processes} process(es) gets ({images} in all): no full batch, "
-                             "nothing would train; lower data.batch_size")
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the {images // processes} training "
+                f"images each of the {processes} process(es) gets ({images} in all): no full batch, "
+                "nothing would train; lower data.batch_size"
+            )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment_on_device``: the training batch (indices) becomes V views made on the device,
@@ -159,7 +190,7 @@ class SSLDataModule(L.LightningDataModule):
             self._device_views = [BatchAugmentation(r, self.mean, self.std).to(device) for r in self.view_recipes()]
         images = self.device_images(data, device)
         epoch, batch_number = self.training_position()  # this batch's number: it is not counted yet
-        seed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_number) % (2**63 - 1)
+        seed = mix_seeds(self.seed, epoch, batch_number) % (2**63 - 1)
         generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
         return [augment(images, generator, host_generator) for augment in self._device_views], labels
 
@@ -211,14 +242,19 @@ class SkippedImagesReport(L.Callback):
     """At the end of every training epoch: how many unreadable images the datamodule skipped
     (each was already logged with its path when it was met), as a warning and ``data/skipped``
     (summed over the ranks here, by every rank at the same point, so the logged value needs no
-    collective of Lightning's: see :mod:`spectral_ssl.evaluation.monitor`)."""
+    collective of Lightning's: see :mod:`spectral_ssl.evaluation.monitor`). The commands add it to
+    every trainer; with a Trainer of your own, pass it in ``callbacks``."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pop = getattr(trainer.datamodule, "pop_skipped", None)
         skipped = pop() if pop else []
         if skipped:
-            log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", trainer.current_epoch, len(skipped),
-                        ", ".join(skipped[:3]))
+            log.warning(
+                "epoch %d: skipped %d unreadable image(s), e.g. %s",
+                trainer.current_epoch,
+                len(skipped),
+                ", ".join(skipped[:3]),
+            )
         total = trainer.strategy.reduce(torch.tensor(float(len(skipped)), device=pl_module.device), reduce_op="sum")
         pl_module.log("data/skipped", total)
 

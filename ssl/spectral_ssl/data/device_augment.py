@@ -19,13 +19,13 @@ torchvision pipeline (checked against torchvision's own parameter samplers in th
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .views import Augmentation
+from .views import Augmentation, blur_kernel_size
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
@@ -42,8 +42,16 @@ def _uniform(low: float, high: float, n: int, generator, device) -> Tensor:
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
 
-def sample_crops(n: int, height, width, scale: tuple[float, float], generator=None, device="cpu",
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> Tensor:
+def sample_crops(
+    n: int,
+    height,
+    width,
+    scale: tuple[float, float],
+    generator=None,
+    device="cpu",
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> Tensor:
     """(n, 4) crop boxes (top, left, h, w) drawn as torchvision's RandomResizedCrop.get_params;
     ``height`` and ``width`` are numbers or (n,) tensors (images of different sizes)."""
     height, width = _per_image(height, n, device), _per_image(width, n, device)
@@ -110,8 +118,9 @@ def _hsv_to_rgb(x: Tensor) -> Tensor:
     f = h * 6.0 - i
     i = i.long() % 6
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack([torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v),
-                                                        (v, p, q))], 0)  # (6, N, 3, H, W)
+    choices = torch.stack(
+        [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 0
+    )  # (6, N, 3, H, W)
     return choices.gather(0, i[None, :, None].expand(1, -1, 3, -1, -1))[0]
 
 
@@ -144,13 +153,17 @@ class BatchAugmentation(nn.Module):
         self.recipe = recipe
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.kernel_size = max(2 * (recipe.size // 20) + 1, 3)  # as Augmentation.build
+        self.kernel_size = blur_kernel_size(recipe.size)
 
     def _mask(self, p: float, n: int, generator, device) -> Tensor:
         return torch.rand(n, generator=generator, device=device) < p
 
-    def forward(self, images: Tensor | list[Tensor], generator: torch.Generator | None = None,
-                host_generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self,
+        images: Tensor | list[Tensor],
+        generator: torch.Generator | None = None,
+        host_generator: torch.Generator | None = None,
+    ) -> Tensor:
         """``images``: a uint8 (N, 3, H, W) batch, or a list of uint8 (3, H_i, W_i) images of
         different sizes (decoded JPEGs), all on one device. ``generator`` (on that device) draws
         the per-image parameters; ``host_generator`` (a CPU generator; default: ``generator`` when
@@ -166,13 +179,22 @@ class BatchAugmentation(nn.Module):
             sizes = torch.tensor([image.shape[1:] for image in images]).to(device, non_blocking=True)
             boxes = sample_crops(n, sizes[:, 0], sizes[:, 1], r.scale, generator, device)
             flips = self._mask(r.flip_p, n, generator, device)
-            x = torch.cat([crop_resize_flip(image[None].float().div(255), boxes[i:i + 1], flips[i:i + 1], r.size)
-                           for i, image in enumerate(images)])
+            x = torch.cat(
+                [
+                    crop_resize_flip(image[None].float().div(255), boxes[i : i + 1], flips[i : i + 1], r.size)
+                    for i, image in enumerate(images)
+                ]
+            )
         x = x.clamp(0, 1)
         if r.jitter_p > 0:
-            host = host_generator if host_generator is not None else (
-                generator if generator is not None and generator.device.type == "cpu" else None)
-            x = self.color_jitter(x, self._mask(r.jitter_p, n, generator, device), generator, host)
+            host = (
+                host_generator
+                if host_generator is not None
+                else (generator if generator is not None and generator.device.type == "cpu" else None)
+            )
+            apply = self._mask(r.jitter_p, n, generator, device)
+            factors = self.jitter_factors(n, generator, device)
+            x = self.color_jitter(x, apply, factors, torch.randperm(4, generator=host).tolist())
         if r.grayscale_p > 0:
             gray = self._mask(r.grayscale_p, n, generator, device).view(-1, 1, 1, 1)
             x = torch.where(gray, _gray(x).expand_as(x), x)
@@ -185,18 +207,21 @@ class BatchAugmentation(nn.Module):
             x = torch.where(solarize & (x >= 128 / 255), 1 - x, x)
         return (x - self.mean) / self.std
 
-    def color_jitter(self, x: Tensor, apply: Tensor, generator, host_generator=None) -> Tensor:
+    def jitter_factors(self, n: int, generator, device) -> dict[str, Tensor]:
+        """Per-image colour-jitter factors, uniform in torchvision's ranges, drawn from ``generator``."""
         brightness, contrast, saturation, hue = self.recipe.jitter
-        n, device = x.shape[0], x.device
-        factors = {
+        return {
             "brightness": _uniform(1 - brightness, 1 + brightness, n, generator, device),
             "contrast": _uniform(1 - contrast, 1 + contrast, n, generator, device),
             "saturation": _uniform(1 - saturation, 1 + saturation, n, generator, device),
             "hue": _uniform(-hue, hue, n, generator, device),
         }
-        self.last_jitter = factors  # for inspection (tests)
+
+    def color_jitter(self, x: Tensor, apply: Tensor, factors: dict[str, Tensor], order: list[int]) -> Tensor:
+        """torchvision's ColorJitter with per-image ``factors`` on the images where ``apply``, the
+        four operations in ``order`` (one order per batch, drawn on the host)."""
+        brightness, contrast, saturation, hue = self.recipe.jitter
         out = x
-        order = torch.randperm(4, generator=host_generator).tolist()  # one order per batch, drawn on the host
         names = ["brightness", "contrast", "saturation", "hue"]
         for name in (names[i] for i in order):
             f = factors[name]

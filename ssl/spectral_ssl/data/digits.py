@@ -2,36 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-from .base import SSLDataModule, Split
-from .views import Augmentation, TensorImageDataset
+from .tensor_sets import TensorSetDataModule
+from .views import Augmentation
 
-DIGITS_AUGMENTATION = Augmentation(size=16, scale=(0.4, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
-                                   jitter_p=0.8, grayscale_p=0.0)
+DIGITS_AUGMENTATION = Augmentation(
+    size=16, scale=(0.4, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=0.8, grayscale_p=0.0
+)
 
 
-class DigitsDataModule(SSLDataModule):
+class DigitsDataModule(TensorSetDataModule):
     """scikit-learn's digits: 1797 real 8x8 grey images of 10 classes (UCI optdigits test set).
 
-    A fixed, stratified, seeded split holds out ``test_size`` images (360 by default). Images are
+    Held in memory like CIFAR (:class:`~spectral_ssl.data.tensor_sets.TensorSetDataModule`). A
+    fixed, stratified, seeded split holds out ``test_size`` images (360 by default). Images are
     scaled from 0..16 to uint8, upsampled to ``image_size`` (bilinear) and repeated to 3 channels,
     so every backbone sees ordinary RGB tensors.
     """
 
-    def __init__(self, batch_size: int = 256, num_workers: int = 0, test_size: int = 360, image_size: int = 16,
-                 num_views: int = 2, augment: Augmentation | list[Augmentation] = DIGITS_AUGMENTATION,
-                 seed: int = 0, augment_on_device: bool = False) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
-                         augment_on_device=augment_on_device)
+    def __init__(
+        self,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        test_size: int = 360,
+        image_size: int = 16,
+        num_views: int = 2,
+        augment: Augmentation | list[Augmentation] = DIGITS_AUGMENTATION,
+        seed: int = 0,
+        augment_on_device: bool = False,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            num_views=num_views,
+            augment=augment,
+            seed=seed,
+            augment_on_device=augment_on_device,
+        )
         self.test_size, self.image_size = test_size, image_size
         self.num_classes = 10
 
     def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_images"):
+        if hasattr(self, "splits"):
             return
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -41,23 +55,9 @@ class DigitsDataModule(SSLDataModule):
         images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
         images = images.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
         labels = torch.from_numpy(digits.target)
-        train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(), test_size=self.test_size,
-                                               random_state=self.seed, stratify=labels.numpy())
-        self.train_images, self.train_labels = images[train_idx], labels[train_idx]
-        self.test_images, self.test_labels = images[test_idx], labels[test_idx]
-        pixels = self.train_images.float().div(255)
+        train, test = train_test_split(
+            torch.arange(len(labels)).numpy(), test_size=self.test_size, random_state=self.seed, stratify=labels.numpy()
+        )
+        self.splits = {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+        pixels = self.splits["train"][0].float().div(255)
         self.mean, self.std = [pixels.mean().item()] * 3, [pixels.std().item()] * 3
-
-    def labels(self, split: Split) -> torch.Tensor:
-        self.setup()
-        return self.test_labels if split == "test" else self.train_labels
-
-    def pretrain_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.setup()
-        return self.train_images, self.train_labels
-
-    def dataset(self, split: Split, transform: Callable | None) -> TensorImageDataset:
-        self.setup()
-        if split == "test":
-            return TensorImageDataset(self.test_images, self.test_labels, transform)
-        return TensorImageDataset(self.train_images, self.train_labels, transform)

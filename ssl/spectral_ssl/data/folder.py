@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_dtype
 
-from .base import Normalize, Skipped, SSLDataModule, Split
+from .base import Normalize, Skipped, Split, SSLDataModule
 from .index import ImageIndex
 from .views import Augmentation, apply_seeded
 
@@ -35,8 +36,9 @@ def _unreadable(path: str, error: Exception, on_corrupt: OnCorrupt) -> Skipped:
     """What happens to a file that cannot be read or decoded: an error naming it
     (``on_corrupt="raise"``), or a warning naming it and a :class:`Skipped` marker (``"skip"``)."""
     if on_corrupt == "raise":
-        raise UnreadableImageError(f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip "
-                                   "unreadable files)") from error
+        raise UnreadableImageError(
+            f"cannot read image {path}: {error} (set data.on_corrupt=skip to skip unreadable files)"
+        ) from error
     log.warning("skipping unreadable image %s: %s", path, error)
     return Skipped(path)
 
@@ -53,8 +55,9 @@ class ImageFileDataset(Dataset):
     with its path and returned as :class:`Skipped` (``on_corrupt="skip"``) or raises
     :class:`UnreadableImageError` naming it (``"raise"``)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
-                 on_corrupt: OnCorrupt = "skip") -> None:
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], transform: Callable | None = None, on_corrupt: OnCorrupt = "skip"
+    ) -> None:
         self.samples, self.transform, self.on_corrupt = samples, transform, on_corrupt
 
     def __len__(self) -> int:
@@ -94,11 +97,16 @@ def collate_encoded(samples: list) -> tuple:
     """((list of byte tensors, paths), labels, skipped paths): byte strings differ in length."""
     good = [s for s in samples if not isinstance(s, Skipped)]
     data = ([s[0] for s in good], [s[2] for s in good])
-    return data, torch.tensor([s[1] for s in good], dtype=torch.long), [s.path for s in samples if isinstance(s, Skipped)]
+    return (
+        data,
+        torch.tensor([s[1] for s in good], dtype=torch.long),
+        [s.path for s in samples if isinstance(s, Skipped)],
+    )
 
 
-def decode_images(encoded: list[torch.Tensor], paths: list[str], device: torch.device,
-                  on_corrupt: OnCorrupt = "skip") -> tuple[list[torch.Tensor], list[int]]:
+def decode_images(
+    encoded: list[torch.Tensor], paths: list[str], device: torch.device, on_corrupt: OnCorrupt = "skip"
+) -> tuple[list[torch.Tensor], list[int]]:
     """Decode file bytes to uint8 RGB images on ``device`` (nvJPEG on CUDA, one batched call;
     libjpeg-turbo on the CPU); files the batched JPEG decoder refuses (PNG, corrupt ones) are
     retried one by one. Returns the images and the positions that decoded."""
@@ -129,14 +137,33 @@ class ImageFolderDataModule(SSLDataModule):
     (:class:`~spectral_ssl.data.device_augment.BatchAugmentation`).
     """
 
-    def __init__(self, root: str = "data/imagenet", train_dir: str = "train", val_dir: str = "val",
-                 classes: list[str] | None = None, image_size: int = 224, eval_resize: int = 256,
-                 augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 on_corrupt: OnCorrupt = "skip", batch_size: int = 256, num_workers: int = 8, num_views: int = 2,
-                 seed: int = 0, augment_on_device: bool = False, index_cache: str | None = None) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
-                         augment_on_device=augment_on_device)
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        train_dir: str = "train",
+        val_dir: str = "val",
+        classes: list[str] | None = None,
+        image_size: int = 224,
+        eval_resize: int = 256,
+        augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        on_corrupt: OnCorrupt = "skip",
+        batch_size: int = 256,
+        num_workers: int = 8,
+        num_views: int = 2,
+        seed: int = 0,
+        augment_on_device: bool = False,
+        index_cache: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            num_views=num_views,
+            augment=augment,
+            seed=seed,
+            augment_on_device=augment_on_device,
+        )
         self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
         self.index_cache = index_cache
         self.image_size, self.eval_resize, self.on_corrupt = image_size, eval_resize, on_corrupt
@@ -156,8 +183,10 @@ class ImageFolderDataModule(SSLDataModule):
         folder = self.root / name
         if not folder.is_dir():
             raise FileNotFoundError(
-                f"no folder {folder}: an ImageFolder dataset needs {self.root}/{self.train_dir}/<class>/<image>.JPEG and "
-                f"{self.root}/{self.val_dir}/<class>/<image>.JPEG (set data.root, data.train_dir, data.val_dir)")
+                f"no folder {folder}: an ImageFolder dataset needs "
+                f"{self.root}/{self.train_dir}/<class>/<image>.JPEG and "
+                f"{self.root}/{self.val_dir}/<class>/<image>.JPEG (set data.root, data.train_dir, data.val_dir)"
+            )
         found, _ = find_classes(str(folder))
         names = self.classes or found
         unknown = sorted(set(names) - set(found))
@@ -169,8 +198,12 @@ class ImageFolderDataModule(SSLDataModule):
         samples = ImageIndex.cached(folder, names, self.index_cache)
         empty = sorted(set(names) - {names[label] for label in np.unique(samples.labels)})
         if empty:
-            log.warning("%d class folder(s) under %s hold no image and count as classes nobody sees: %s",
-                        len(empty), folder, ", ".join(empty[:5]))
+            log.warning(
+                "%d class folder(s) under %s hold no image and count as classes nobody sees: %s",
+                len(empty),
+                folder,
+                ", ".join(empty[:5]),
+            )
         if not len(samples):
             raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS[:4])} ...) under {folder}/<class>/")
         return samples
@@ -180,15 +213,25 @@ class ImageFolderDataModule(SSLDataModule):
         return ImageFileDataset(self.samples["train" if split == "pretrain" else split], transform, self.on_corrupt)
 
     def eval_transform(self) -> Callable:
-        return v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.CenterCrop(self.image_size),
-                           Normalize(self.mean, self.std)])
+        return v2.Compose(
+            [
+                v2.Resize(self.eval_resize, antialias=True),
+                v2.CenterCrop(self.image_size),
+                Normalize(self.mean, self.std),
+            ]
+        )
 
     def train_dataloader(self):
         if not self.augment_on_device:
             return super().train_dataloader()
         self.setup()
-        return self._loader(EncodedImageDataset(self.samples["train"], self.on_corrupt), self.batch_size, shuffle=True,
-                            drop_last=True, collate_fn=collate_encoded)
+        return self._loader(
+            EncodedImageDataset(self.samples["train"], self.on_corrupt),
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate_encoded,
+        )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         batch = super().on_before_batch_transfer(batch, dataloader_idx)

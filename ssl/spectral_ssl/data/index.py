@@ -17,8 +17,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -34,8 +34,9 @@ class ImageIndex:
     ``labels``: int16/int32 class indices. Build with :meth:`scan` or :meth:`cached`.
     """
 
-    def __init__(self, folder: str | Path, names: np.ndarray, ends: np.ndarray, labels: np.ndarray,
-                 class_names: Sequence[str]) -> None:
+    def __init__(
+        self, folder: str | Path, names: np.ndarray, ends: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+    ) -> None:
         self.folder, self.names, self.ends, self.labels = str(folder), names, ends, labels
         self.class_names = list(class_names)
 
@@ -44,7 +45,7 @@ class ImageIndex:
 
     def __getitem__(self, i: int) -> tuple[str, int]:
         start = int(self.ends[i - 1]) if i > 0 else 0
-        relative = self.names[start:int(self.ends[i])].tobytes().decode()
+        relative = self.names[start : int(self.ends[i])].tobytes().decode()
         return os.path.join(self.folder, relative), int(self.labels[i])
 
     @property
@@ -53,7 +54,7 @@ class ImageIndex:
         return self.names.nbytes + self.ends.nbytes + self.labels.nbytes
 
     @classmethod
-    def scan(cls, folder: str | Path, class_names: Sequence[str]) -> "ImageIndex":
+    def scan(cls, folder: str | Path, class_names: Sequence[str]) -> ImageIndex:
         """Lists ``folder/<class>/<image>`` for each of ``class_names`` (label = its position),
         files sorted by name, image extensions only (torchvision's list, any case)."""
         chunks, ends, labels, total = [], [], [], 0
@@ -71,7 +72,7 @@ class ImageIndex:
         return cls(folder, names, np.asarray(ends, dtype=np.int64), np.asarray(labels, dtype=label_type), class_names)
 
     @classmethod
-    def cached(cls, folder: str | Path, class_names: Sequence[str], cache_dir: str | Path | None) -> "ImageIndex":
+    def cached(cls, folder: str | Path, class_names: Sequence[str], cache_dir: str | Path | None) -> ImageIndex:
         """:meth:`scan`, through a cache file in ``cache_dir`` (None: no cache). The file is keyed
         by the folder, the class list and each class folder's modification time (adding or
         removing a file changes it); the first process to need it builds it under a file lock
@@ -94,8 +95,14 @@ class ImageIndex:
                 partial = path.with_suffix(".partial.npz")
                 np.savez(partial, names=index.names, ends=index.ends, labels=index.labels)
                 os.replace(partial, path)
-                log.info("indexed %d images of %s in %.1f s (%.1f MB); cached in %s", len(index), folder,
-                         time.perf_counter() - start, index.nbytes / 2**20, path)
+                log.info(
+                    "indexed %d images of %s in %.1f s (%.1f MB); cached in %s",
+                    len(index),
+                    folder,
+                    time.perf_counter() - start,
+                    index.nbytes / 2**20,
+                    path,
+                )
                 return index
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -4,15 +4,15 @@ folders torchvision's own dataset classes download (nothing downloads unless ``d
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import SSLDataModule, Split
+from .base import Split, SSLDataModule
 from .views import Augmentation, TensorImageDataset
 
 CIFAR_AUGMENTATION = [  # the official INTL CIFAR recipe (also solo-learn's): no blur, solarize on view 1 only
@@ -53,29 +53,38 @@ class _CIFARUnpickler(pickle.Unpickler):
     ints, and numpy arrays of numbers. Any other global a pickle names (``os.system``, a class with
     a ``__reduce__``) is refused before anything runs; object arrays are refused too."""
 
-    ARRAYS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype")}
+    ARRAYS = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ARRAYS:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only plain "
-                                         "types and numeric arrays")
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR batch holds only plain types and numeric arrays"
+            )
         return super().find_class(module, name)
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """(uint8 images (N, 3, 32, 32), labels) of one CIFAR python batch, read without running any
     code it might carry; a file of another layout is an error naming it and the expected one."""
-    expected = ("expected torchvision's CIFAR python batch: a pickled dict with 'data' (N x 3072 uint8) and "
-                "'labels' or 'fine_labels' (N ints)")
+    expected = (
+        "expected torchvision's CIFAR python batch: a pickled dict with 'data' (N x 3072 uint8) and "
+        "'labels' or 'fine_labels' (N ints)"
+    )
     try:
         with open(path, "rb") as f:
             batch = _CIFARUnpickler(f, encoding="latin1").load()  # the format's own encoding (python 2 pickles)
         data = batch["data"]
         labels = batch["labels"] if "labels" in batch else batch["fine_labels"]
         if not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"'data' is {type(data).__name__} {getattr(data, 'dtype', '')} "
-                             f"{getattr(data, 'shape', '')}, not N x 3072 numbers")
+            raise ValueError(
+                f"'data' is {type(data).__name__} {getattr(data, 'dtype', '')} "
+                f"{getattr(data, 'shape', '')}, not N x 3072 numbers"
+            )
         if len(labels) != len(data):
             raise ValueError(f"{len(data)} images but {len(labels)} labels")
         return data.astype(np.uint8).reshape(-1, 3, 32, 32), [int(label) for label in labels]
@@ -88,7 +97,8 @@ def _missing(name: str, root: Path, expected: list[Path], url: str) -> FileNotFo
     return FileNotFoundError(
         f"{name} not found under {root}: missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. "
         f"Expected torchvision's layout ({url}, extracted) - give its parent folder as data.root, or pass "
-        "--data.download=true to download it there.")
+        "--data.download=true to download it there."
+    )
 
 
 class CIFARDataModule(TensorSetDataModule):
@@ -98,14 +108,31 @@ class CIFARDataModule(TensorSetDataModule):
     normalized with each dataset's own statistics (not CIFAR-10's for CIFAR-100).
     """
 
-    STATS = {10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-             100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+    STATS = {
+        10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    }
 
-    def __init__(self, root: str = "data", num_classes: int = 10, download: bool = False,
-                 augment: Augmentation | list[Augmentation] = CIFAR_AUGMENTATION, batch_size: int = 256,
-                 num_workers: int = 4, num_views: int = 2, seed: int = 0, augment_on_device: bool = False) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
-                         augment_on_device=augment_on_device)
+    def __init__(
+        self,
+        root: str = "data",
+        num_classes: int = 10,
+        download: bool = False,
+        augment: Augmentation | list[Augmentation] = CIFAR_AUGMENTATION,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        num_views: int = 2,
+        seed: int = 0,
+        augment_on_device: bool = False,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            num_views=num_views,
+            augment=augment,
+            seed=seed,
+            augment_on_device=augment_on_device,
+        )
         if num_classes not in self.STATS:
             raise ValueError(f"CIFAR has 10 or 100 classes, not {num_classes}")
         self.root, self.num_classes, self.download = Path(root), num_classes, download
@@ -149,14 +176,31 @@ class STL10DataModule(TensorSetDataModule):
     ``image_size`` is the crop size of the views and of evaluation (96 by default).
     """
 
-    def __init__(self, root: str = "data", download: bool = False, image_size: int = 96,
-                 augment: Augmentation | list[Augmentation] | None = None, batch_size: int = 256,
-                 num_workers: int = 4, num_views: int = 2, seed: int = 0, use_unlabeled: bool = True,
-                 augment_on_device: bool = False) -> None:
-        augment = augment or [Augmentation(size=image_size, blur_p=1.0), Augmentation(size=image_size, blur_p=0.1,
-                                                                                          solarize_p=0.2)]
-        super().__init__(batch_size=batch_size, num_workers=num_workers, num_views=num_views, augment=augment, seed=seed,
-                         augment_on_device=augment_on_device)
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        image_size: int = 96,
+        augment: Augmentation | list[Augmentation] | None = None,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        num_views: int = 2,
+        seed: int = 0,
+        use_unlabeled: bool = True,
+        augment_on_device: bool = False,
+    ) -> None:
+        augment = augment or [
+            Augmentation(size=image_size, blur_p=1.0),
+            Augmentation(size=image_size, blur_p=0.1, solarize_p=0.2),
+        ]
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            num_views=num_views,
+            augment=augment,
+            seed=seed,
+            augment_on_device=augment_on_device,
+        )
         self.root, self.download, self.image_size, self.use_unlabeled = Path(root), download, image_size, use_unlabeled
         self.num_classes = 10
         self.mean, self.std = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
@@ -179,8 +223,11 @@ class STL10DataModule(TensorSetDataModule):
             raise _missing("STL-10", self.root, expected, "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz")
         # column-major 3x96x96 per image: (N, 3, W, H) in C order, so swap the last two axes
         images = np.memmap(x, dtype=np.uint8, mode="c").reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
-        labels = (torch.from_numpy(np.fromfile(y, dtype=np.uint8).astype(np.int64)) - 1 if split != "unlabeled"
-                  else torch.full((len(images),), -1))
+        labels = (
+            torch.from_numpy(np.fromfile(y, dtype=np.uint8).astype(np.int64)) - 1
+            if split != "unlabeled"
+            else torch.full((len(images),), -1)
+        )
         return torch.from_numpy(images), labels
 
     def dataset(self, split: Split, transform: Callable | None) -> Dataset:

@@ -9,13 +9,20 @@ exactly the data it would have seen, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
+
+from ..seeding import mix_seeds
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """The Gaussian blur's kernel: about 10% of the image side, odd, at least 3 (SimCLR's rule)."""
+    return max(2 * (image_size // 20) + 1, 3)
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,9 @@ class Augmentation:
 
     def build(self, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
         steps: list[Callable] = [
-            v2.RandomResizedCrop(self.size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC,
-                                 antialias=True),
+            v2.RandomResizedCrop(
+                self.size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+            ),
         ]
         if self.flip_p > 0:
             steps.append(v2.RandomHorizontalFlip(self.flip_p))
@@ -48,8 +56,9 @@ class Augmentation:
         if self.grayscale_p > 0:
             steps.append(v2.RandomGrayscale(self.grayscale_p))
         if self.blur_p > 0:
-            kernel = 2 * (self.size // 20) + 1
-            steps.append(v2.RandomApply([v2.GaussianBlur(max(kernel, 3), sigma=(0.1, 2.0))], p=self.blur_p))
+            steps.append(
+                v2.RandomApply([v2.GaussianBlur(blur_kernel_size(self.size), sigma=(0.1, 2.0))], p=self.blur_p)
+            )
         if self.solarize_p > 0:
             steps.append(v2.RandomSolarize(128, p=self.solarize_p))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
@@ -107,7 +116,7 @@ class SeededEpochSampler(DistributedSampler):
     start: int = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        base = (self.seed * 1_000_003 + self.epoch) * 1_000_000_007
+        base = mix_seeds(self.seed, self.epoch) * 1_000_000_007  # a stride between epochs' per-image seeds
         start, self.start = self.start, 0
         for index in itertools.islice(super().__iter__(), start, None):
             yield index, (base + index) % (2**63 - 1)
@@ -129,16 +138,22 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         epoch, batches = self.position()
-        return {"epoch": epoch, "batches": batches, "batch_size": self.batch_size,
-                "processes": self.sampler.num_replicas}
+        return {
+            "epoch": epoch,
+            "batches": batches,
+            "batch_size": self.batch_size,
+            "processes": self.sampler.num_replicas,
+        }
 
     @staticmethod
     def check_layout(state: dict[str, int], batch_size: int, processes: int) -> None:
         """Refuses to resume a mid-epoch ``state`` with another batch size or number of processes."""
         if state["batches"] and (state["batch_size"], state["processes"]) != (batch_size, processes):
-            raise ValueError(f"the checkpoint was written mid-epoch by {state['processes']} process(es) x "
-                             f"{state['batch_size']} images per batch; it resumes only with the same, not "
-                             f"{processes} x {batch_size} (resume from an end-of-epoch checkpoint to change them)")
+            raise ValueError(
+                f"the checkpoint was written mid-epoch by {state['processes']} process(es) x "
+                f"{state['batch_size']} images per batch; it resumes only with the same, not "
+                f"{processes} x {batch_size} (resume from an end-of-epoch checkpoint to change them)"
+            )
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.check_layout(state, self.batch_size, self.sampler.num_replicas)

@@ -5,9 +5,35 @@ from .features import FeatureFile, apply_in_batches, evaluating, extract_feature
 from .knn import PROTOCOLS, knn_accuracy, knn_predict
 from .linear import LinearClassifier, linear_probe
 from .monitor import KNNMonitor, OnlineLinearProbe, SpectrumMonitor
-from .spectrum import (condition_number, covariance_spectrum, effective_rank, plot_spectra, rankme, spectrum_summary,
-                       write_spectra)
+from .spectrum import (
+    condition_number,
+    covariance_spectrum,
+    effective_rank,
+    plot_spectra,
+    rankme,
+    spectrum_summary,
+    write_spectra,
+)
 
-__all__ = ["FeatureFile", "KNNMonitor", "extract_shard", "LinearClassifier", "OnlineLinearProbe", "PROTOCOLS", "apply_in_batches", "SpectrumMonitor", "condition_number",
-           "covariance_spectrum", "effective_rank", "evaluating", "extract_features", "knn_accuracy", "knn_predict",
-           "linear_probe", "plot_spectra", "rankme", "spectrum_summary", "write_spectra"]
+__all__ = [
+    "FeatureFile",
+    "KNNMonitor",
+    "extract_shard",
+    "LinearClassifier",
+    "OnlineLinearProbe",
+    "PROTOCOLS",
+    "apply_in_batches",
+    "SpectrumMonitor",
+    "condition_number",
+    "covariance_spectrum",
+    "effective_rank",
+    "evaluating",
+    "extract_features",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "plot_spectra",
+    "rankme",
+    "spectrum_summary",
+    "write_spectra",
+]

@@ -3,9 +3,9 @@ memory or a file."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class FeatureFile:
         np.ascontiguousarray(rows.detach().float().cpu().numpy()).tofile(self._writer)
         self.rows += len(rows)
 
-    def finish(self) -> "FeatureFile":
+    def finish(self) -> FeatureFile:
         self._writer.close()
         return self
 
@@ -72,15 +72,23 @@ def _shard(loader: DataLoader) -> tuple[DataLoader, int]:
     """The same loader over this rank's contiguous share of the dataset (no padding, in order),
     and the share's first index."""
     start, end = shard_range(len(loader.dataset))  # type: ignore[arg-type]
-    return DataLoader(Subset(loader.dataset, range(start, end)), batch_size=loader.batch_size,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn), start
+    return DataLoader(
+        Subset(loader.dataset, range(start, end)),
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    ), start
 
 
 @torch.no_grad()
-def extract_shard(model: Callable[[Tensor], Tensor], loader, device: torch.device | str = "cpu",
-                  precision: torch.dtype | None = None, out_device: torch.device | str = "cpu",
-                  store: FeatureFile | Callable[[int], FeatureFile] | None = None
-                  ) -> tuple[Tensor | FeatureFile, Tensor, int]:
+def extract_shard(
+    model: Callable[[Tensor], Tensor],
+    loader,
+    device: torch.device | str = "cpu",
+    precision: torch.dtype | None = None,
+    out_device: torch.device | str = "cpu",
+    store: FeatureFile | Callable[[int], FeatureFile] | None = None,
+) -> tuple[Tensor | FeatureFile, Tensor, int]:
     """This rank's share of :func:`extract_features`, not gathered: ``(features, labels, start)``
     with ``start`` the share's first position in the loader's dataset (0 when not distributed).
     Features are float32 rows on ``out_device``, written into one preallocated tensor (no second
@@ -109,7 +117,7 @@ def extract_shard(model: Callable[[Tensor], Tensor], loader, device: torch.devic
             else:
                 if features is None:
                     features = torch.empty(total, rows.shape[1], device=out_device)
-                features[filled:filled + len(rows)] = rows
+                features[filled : filled + len(rows)] = rows
             filled += len(rows)
     labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
     if isinstance(features, FeatureFile):
@@ -122,8 +130,9 @@ def extract_shard(model: Callable[[Tensor], Tensor], loader, device: torch.devic
 
 
 @torch.no_grad()
-def extract_features(model: Callable[[Tensor], Tensor], loader, device: torch.device | str = "cpu",
-                     precision: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+def extract_features(
+    model: Callable[[Tensor], Tensor], loader, device: torch.device | str = "cpu", precision: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
     """Runs ``model`` in eval mode over ``(images, labels)`` batches; returns (features, labels) on
     CPU in float32, in the loader's order. Under DDP (a process group is initialized) and given a
     DataLoader, each rank extracts a contiguous share and the shares are all-gathered, so every
@@ -135,8 +144,9 @@ def extract_features(model: Callable[[Tensor], Tensor], loader, device: torch.de
 
 
 @torch.no_grad()
-def apply_in_batches(module: nn.Module, features: Tensor, device: torch.device | str = "cpu",
-                     batch_size: int = 4096) -> Tensor:
+def apply_in_batches(
+    module: nn.Module, features: Tensor, device: torch.device | str = "cpu", batch_size: int = 4096
+) -> Tensor:
     """``module`` (e.g. the projector) over already extracted (N, D) features in eval mode, batch
     by batch, so that a second head costs no second pass of the backbone; float32 on CPU."""
     with evaluating(module):

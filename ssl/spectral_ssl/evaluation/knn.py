@@ -66,15 +66,16 @@ def _chunk_top_k(scores: Tensor, first: int, k: int) -> tuple[Tensor, Tensor]:
     return top, columns + first
 
 
-def _search_torch(bank, queries: Tensor, k: int, metric: Metric, normalize: bool,
-                  chunk_size: int) -> tuple[Tensor, Tensor]:
+def _search_torch(
+    bank, queries: Tensor, k: int, metric: Metric, normalize: bool, chunk_size: int
+) -> tuple[Tensor, Tensor]:
     """Exact top-k on the queries' device, chunked over queries and over the bank (a running
     merge), the bank read chunk by chunk from wherever it is (tensor or FeatureFile)."""
     device = queries.device
     best_s = torch.full((len(queries), 0), float("-inf"), device=device)
     best_i = torch.zeros((len(queries), 0), dtype=torch.long, device=device)
     for start in range(0, len(bank), chunk_size):
-        part = bank[start:start + chunk_size].to(device, torch.float32, non_blocking=True)
+        part = bank[start : start + chunk_size].to(device, torch.float32, non_blocking=True)
         if normalize:
             part = F.normalize(part, dim=1)
         part_sq = part.square().sum(1) if metric == "l2" else None
@@ -90,8 +91,9 @@ def _search_torch(bank, queries: Tensor, k: int, metric: Metric, normalize: bool
     return best_s, best_i
 
 
-def _search_faiss(bank: Tensor, queries: Tensor, k: int, metric: Metric, normalize: bool,
-                  chunk_size: int) -> tuple[Tensor, Tensor]:
+def _search_faiss(
+    bank: Tensor, queries: Tensor, k: int, metric: Metric, normalize: bool, chunk_size: int
+) -> tuple[Tensor, Tensor]:
     import faiss
 
     bank = F.normalize(bank.float(), dim=1) if normalize else bank.float()
@@ -120,10 +122,20 @@ def _merge_shards(scores: Tensor, index: Tensor, labels: Tensor, k: int) -> tupl
     return merged_scores, merged_labels
 
 
-def knn_predict(bank, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
-                temperature: float | None = 0.07, metric: Metric = "cosine", normalize: bool = True,
-                num_classes: int | None = None, backend: Backend = "auto", chunk_size: int = 4096,
-                sharded: bool = False) -> Tensor:
+def knn_predict(
+    bank,
+    bank_labels: Tensor,
+    queries: Tensor,
+    *,
+    k: int = 20,
+    temperature: float | None = 0.07,
+    metric: Metric = "cosine",
+    normalize: bool = True,
+    num_classes: int | None = None,
+    backend: Backend = "auto",
+    chunk_size: int = 4096,
+    sharded: bool = False,
+) -> Tensor:
     """Class predictions (on the CPU) for ``queries`` by kNN against ``bank`` (see the module
     docstring). The search runs on the queries' device.
 
@@ -138,13 +150,18 @@ def knn_predict(bank, bank_labels: Tensor, queries: Tensor, *, k: int = 20,
     if temperature is not None and metric != "cosine":
         raise ValueError("similarity-weighted votes need metric='cosine'; use temperature=None for the L2 protocol")
     sharded = sharded and world_size() > 1
-    sizes = torch.tensor([len(bank), int(bank_labels.max()) + 1 if len(bank) else 0], device=backend_device()
-                         if sharded else "cpu")
+    sizes = torch.tensor(
+        [len(bank), int(bank_labels.max()) + 1 if len(bank) else 0], device=backend_device() if sharded else "cpu"
+    )
     if sharded:
         counts = [torch.empty_like(sizes) for _ in range(world_size())]
         dist.all_gather(counts, sizes)
         counts = torch.stack(counts).cpu()
-        total, first, classes = int(counts[:, 0].sum()), int(counts[:dist.get_rank(), 0].sum()), int(counts[:, 1].max())
+        total, first, classes = (
+            int(counts[:, 0].sum()),
+            int(counts[: dist.get_rank(), 0].sum()),
+            int(counts[:, 1].max()),
+        )
     else:
         total, first, classes = len(bank), 0, int(sizes[1])
     if not 1 <= k <= total:

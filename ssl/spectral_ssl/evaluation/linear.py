@@ -3,7 +3,7 @@ ImageNet protocol (:class:`LinearClassifier`, the reportable one)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -11,12 +11,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoints import load_encoder
 from ..distributed import all_reduce, world_size
+from ..optim import scaled_lr
 
 
-def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
-                 epochs: int = 100, lr: float = 1e-2, weight_decay: float = 5e-6, batch_size: int = 4096,
-                 seed: int = 0, sharded: bool = False, block_rows: int = 16384) -> float:
+def linear_probe(
+    train_features,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    weight_decay: float = 5e-6,
+    batch_size: int = 4096,
+    seed: int = 0,
+    sharded: bool = False,
+    block_rows: int = 16384,
+) -> float:
     """Top-1 (in [0, 1]) of a linear classifier trained on frozen, cached features.
 
     Features are standardized with the training set's mean and std; the classifier is trained
@@ -30,16 +43,27 @@ def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, te
     rows read in a shuffled order, shuffled within, and gradients summed over the ranks.
     """
     if sharded and world_size() > 1 or not isinstance(train_features, Tensor):
-        return _linear_probe_streamed(train_features, train_labels, test_features, test_labels, epochs=epochs, lr=lr,
-                                      weight_decay=weight_decay, batch_size=batch_size, seed=seed,
-                                      sharded=sharded and world_size() > 1, block_rows=block_rows)
+        return _linear_probe_streamed(
+            train_features,
+            train_labels,
+            test_features,
+            test_labels,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            seed=seed,
+            sharded=sharded and world_size() > 1,
+            block_rows=block_rows,
+        )
     generator = torch.Generator().manual_seed(seed)
     mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
     x_train, x_test = (train_features.float() - mean) / std, (test_features.float() - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     steps_per_epoch = -(-len(x_train) // batch_size)
-    classifier, optimizer, schedule = _classifier(x_train.shape[1], num_classes, x_train.device, generator, lr,
-                                                  weight_decay, epochs * steps_per_epoch)
+    classifier, optimizer, schedule = _classifier(
+        x_train.shape[1], num_classes, x_train.device, generator, lr, weight_decay, epochs * steps_per_epoch
+    )
     for _ in range(epochs):
         for index in torch.randperm(len(x_train), generator=generator).to(x_train.device).split(batch_size):
             loss = F.cross_entropy(classifier(x_train[index]), train_labels[index])
@@ -51,8 +75,9 @@ def linear_probe(train_features, train_labels: Tensor, test_features: Tensor, te
         return (classifier(x_test).argmax(1) == test_labels).float().mean().item()
 
 
-def _classifier(dim: int, num_classes: int, device, generator: torch.Generator, lr: float, weight_decay: float,
-                total_steps: int):
+def _classifier(
+    dim: int, num_classes: int, device, generator: torch.Generator, lr: float, weight_decay: float, total_steps: int
+):
     """The probe's linear classifier (weights N(0, 0.01) from ``generator``, bias 0) on ``device``,
     its Adam optimizer and the cosine schedule to 1e-4 x lr over ``total_steps``."""
     classifier = torch.nn.Linear(dim, num_classes)
@@ -72,7 +97,7 @@ def _mean_std(features, device, block_rows: int, sharded: bool) -> tuple[Tensor,
     squares, count = torch.zeros_like(total), torch.zeros((), dtype=torch.float64, device=device)
     step = min(block_rows, 4096)  # float64 copies of 4096 rows at a time
     for start in range(0, len(features), step):
-        block = features[start:start + step].to(device, torch.float64)
+        block = features[start : start + step].to(device, torch.float64)
         total, squares, count = total + block.sum(0), squares + block.square().sum(0), count + len(block)
     if sharded:
         total, squares, count = (all_reduce(t) for t in (total, squares, count))
@@ -81,9 +106,20 @@ def _mean_std(features, device, block_rows: int, sharded: bool) -> tuple[Tensor,
     return mean.float(), variance.clamp(min=0).sqrt().float().clamp_min(1e-6)
 
 
-def _linear_probe_streamed(train_features, train_labels: Tensor, test_features: Tensor, test_labels: Tensor, *,
-                           epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int, sharded: bool,
-                           block_rows: int) -> float:
+def _linear_probe_streamed(
+    train_features,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    sharded: bool,
+    block_rows: int,
+) -> float:
     """:func:`linear_probe` over features that one process cannot or should not hold whole. Host
     memory holds one block (``block_rows`` x D float32: 128 MB at D = 2048). Each rank takes
     mini-batches of ``batch_size`` / ranks from its share; the loss of a step is the mean over the
@@ -97,11 +133,14 @@ def _linear_probe_streamed(train_features, train_labels: Tensor, test_features: 
     classes = torch.tensor([int(train_labels.max()) + 1 if len(train_labels) else 0, int(test_labels.max()) + 1])
     if sharded:
         classes = all_reduce(classes, dist.ReduceOp.MAX)
-    blocks = [(start, min(start + block_rows, len(train_features))) for start in range(0, len(train_features), block_rows)]
+    blocks = [
+        (start, min(start + block_rows, len(train_features))) for start in range(0, len(train_features), block_rows)
+    ]
     steps = torch.tensor(sum(-(-(end - start) // local_batch) for start, end in blocks))
     steps_per_epoch = int(all_reduce(steps, dist.ReduceOp.MAX)) if sharded else int(steps)
-    classifier, optimizer, schedule = _classifier(train_features.shape[1], int(classes.max()), device, generator, lr,
-                                                  weight_decay, epochs * steps_per_epoch)
+    classifier, optimizer, schedule = _classifier(
+        train_features.shape[1], int(classes.max()), device, generator, lr, weight_decay, epochs * steps_per_epoch
+    )
     labels = train_labels.to(device)
     for _ in range(epochs):
         batches = []
@@ -147,11 +186,16 @@ class LinearClassifier(L.LightningModule):
     when left out.
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.2, momentum: float = 0.9,
-                 weight_decay: float = 0.0, milestones: Sequence[int] = (60, 80)) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        num_classes: int | None = None,
+        lr: float = 0.2,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        milestones: Sequence[int] = (60, 80),
+    ) -> None:
         super().__init__()
-        from ..export import load_encoder
-
         self.save_hyperparameters()
         self.backbone, _ = load_encoder(checkpoint)
         self.backbone.requires_grad_(False).eval()
@@ -197,9 +241,12 @@ class LinearClassifier(L.LightningModule):
         self.log("linear/top5", (top5 == labels[:, None]).any(1).float().mean(), sync_dist=True)
 
     def configure_optimizers(self):
-        batch = self.trainer.datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        optimizer = torch.optim.SGD(self.classifier.parameters(), lr=self.hparams.lr * batch / 256,
-                                    momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.classifier.parameters(),
+            lr=scaled_lr(self.hparams.lr, self.trainer),
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.hparams.milestones), gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
@@ -207,5 +254,8 @@ class LinearClassifier(L.LightningModule):
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("backbone.")}
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        return super().load_state_dict({**{f"backbone.{k}": v for k, v in self.backbone.state_dict().items()},
-                                        **state_dict}, strict=strict, **kwargs)
+        return super().load_state_dict(
+            {**{f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}, **state_dict},
+            strict=strict,
+            **kwargs,
+        )

@@ -20,7 +20,6 @@ mismatch" crash at the end of an epoch.) Search runs on the training device.
 from __future__ import annotations
 
 import warnings
-import weakref
 from typing import Any
 
 import lightning as L
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from ..data.subsets import balanced_subset
 from ..distributed import world_size
+from ..spectral import full_precision
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import knn_accuracy
 from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary
@@ -50,8 +50,10 @@ def _every(trainer: L.Trainer, every_n_epochs: int) -> bool:
 def _require(datamodule, methods: tuple[str, ...], who: str) -> None:
     for method in methods:
         if not hasattr(datamodule, method):
-            raise TypeError(f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none "
-                            f"(or turn it off: every_n_epochs=0)")
+            raise TypeError(
+                f"{who} needs a datamodule with {method}(); {type(datamodule).__name__} has none "
+                f"(or turn it off: every_n_epochs=0)"
+            )
 
 
 def _check_budget(name: str, value: int | None) -> None:
@@ -59,45 +61,59 @@ def _check_budget(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive number of images or null (all of them), not {value}")
 
 
-class _HeldOutFeatures:
+class HeldOutFeatures:
     """The clean held-out images' features, shared by the monitors of one trainer. Each monitor
-    states its budget at setup; the first to ask at an epoch end extracts, for the current
-    (step, model), the balanced subset of the largest budget once, and every monitor gets the
-    rows of its own subset (a prefix of the same balanced order, so a part of what was extracted)."""
+    states its budget at setup (:meth:`request`); the first to ask at an epoch end extracts, for
+    the current (step, model), the balanced subset of the largest budget once, and every monitor
+    gets the rows of its own subset (a prefix of the same balanced order, so a part of what was
+    extracted). The first monitor set up with a trainer creates it; the others find it on that
+    monitor among the trainer's callbacks (:meth:`shared`)."""
 
-    _by_trainer: "weakref.WeakKeyDictionary[L.Trainer, _HeldOutFeatures]" = weakref.WeakKeyDictionary()
-
-    def __init__(self) -> None:
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer = trainer
         self.budgets: dict[str, int | None] = {}
         self.key: tuple | None = None
 
     @classmethod
-    def of(cls, trainer: L.Trainer) -> "_HeldOutFeatures":
-        if trainer not in cls._by_trainer:
-            cls._by_trainer[trainer] = cls()
-        return cls._by_trainer[trainer]
+    def shared(cls, trainer: L.Trainer) -> HeldOutFeatures:
+        """The instance a monitor of ``trainer`` already holds, else a new one."""
+        for callback in trainer.callbacks:
+            held_out = getattr(callback, "held_out", None)
+            if isinstance(held_out, cls) and held_out.trainer is trainer:
+                return held_out
+        return cls(trainer)
 
     def request(self, who: str, budget: int | None) -> None:
         self.budgets[who] = budget
 
-    def _positions(self, datamodule, budget: int | None) -> Tensor:
+    def _positions(self, budget: int | None) -> Tensor:
+        datamodule = self.trainer.datamodule
         return balanced_subset(datamodule.labels("test"), budget, getattr(datamodule, "seed", 0))
 
-    def get(self, trainer: L.Trainer, model, device, budget: int | None) -> tuple[Tensor, Tensor]:
+    def get(self, model, device, budget: int | None) -> tuple[Tensor, Tensor]:
         budgets = list(self.budgets.values()) or [budget]
         largest = None if None in budgets else max(budgets)
-        key = (trainer.global_step, id(model), largest)
+        key = (self.trainer.global_step, id(model), largest)
         if self.key != key:
-            datamodule = trainer.datamodule
-            positions = self._positions(datamodule, largest)
-            loader = datamodule.eval_dataloader("test", indices=positions)
+            positions = self._positions(largest)
+            loader = self.trainer.datamodule.eval_dataloader("test", indices=positions)
             self.key, self.positions = key, positions
             self.features = extract_features(model, loader, device)
-        wanted = self._positions(trainer.datamodule, budget)
+        wanted = self._positions(budget)
         if len(wanted) == len(self.positions):
             return self.features
         rows = torch.searchsorted(self.positions, wanted)
         return self.features[0][rows], self.features[1][rows]
+
+
+class _HeldOutMonitor(L.Callback):
+    """A monitor that reads the shared :class:`HeldOutFeatures` of its trainer."""
+
+    held_out: HeldOutFeatures | None = None
+
+    def _join(self, trainer: L.Trainer, who: str, budget: int | None) -> None:
+        self.held_out = HeldOutFeatures.shared(trainer)
+        self.held_out.request(who, budget)
 
 
 class RawPixels(nn.Module):
@@ -114,7 +130,7 @@ class RawPixels(nn.Module):
         return images.flatten(1)
 
 
-class KNNMonitor(L.Callback):
+class KNNMonitor(_HeldOutMonitor):
     """kNN top-1 of the backbone's features on held-out images, in both protocols: weighted
     (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN (L2,
     unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
@@ -129,14 +145,25 @@ class KNNMonitor(L.Callback):
     prints all of them.
     """
 
-    def __init__(self, k: int = 20, temperature: float | None = 0.07, every_n_epochs: int = 1,
-                 max_bank: int | None = 50_000, max_queries: int | None = 10_000, raw_pixels_size: int = 32,
-                 baselines: bool = True) -> None:
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float | None = 0.07,
+        every_n_epochs: int = 1,
+        max_bank: int | None = 50_000,
+        max_queries: int | None = 10_000,
+        raw_pixels_size: int = 32,
+        baselines: bool = True,
+    ) -> None:
         _check_budget("knn.max_bank", max_bank)
         _check_budget("knn.max_queries", max_queries)
         self.k, self.temperature, self.every_n_epochs = k, temperature, every_n_epochs
-        self.max_bank, self.max_queries, self.raw_pixels_size, self.baselines = (max_bank, max_queries,
-                                                                                 raw_pixels_size, baselines)
+        self.max_bank, self.max_queries, self.raw_pixels_size, self.baselines = (
+            max_bank,
+            max_queries,
+            raw_pixels_size,
+            baselines,
+        )
         self.results: dict[str, float] = {}  # weighted protocol
         self.results_l2: dict[str, float] = {}  # 5-NN L2 protocol
         self.sizes: tuple[int, int] | None = None  # (bank, queries) of the last evaluation
@@ -150,26 +177,30 @@ class KNNMonitor(L.Callback):
         if not self.enabled:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "KNNMonitor")
-        _HeldOutFeatures.of(trainer).request("knn", self.max_queries)
+        self._join(trainer, "knn", self.max_queries)
         available = len(trainer.datamodule.labels("train"))
         bank = available if self.max_bank is None else min(self.max_bank, available)
         if bank < max(self.k, 5):  # refused now, not at the first epoch's end
-            raise ValueError(f"knn.k={self.k} (and the 5-NN protocol) need a kNN bank of at least {max(self.k, 5)} "
-                             f"images; this one has {bank} (knn.max_bank={self.max_bank}, {available} training "
-                             "images): lower knn.k, raise knn.max_bank, or set knn.every_n_epochs=0")
+            raise ValueError(
+                f"knn.k={self.k} (and the 5-NN protocol) need a kNN bank of at least {max(self.k, 5)} "
+                f"images; this one has {bank} (knn.max_bank={self.max_bank}, {available} training "
+                "images): lower knn.k, raise knn.max_bank, or set knn.every_n_epochs=0"
+            )
 
     def _record(self, name: str, model, trainer: L.Trainer, device) -> None:
         datamodule = trainer.datamodule
         bank_indices = balanced_subset(datamodule.labels("train"), self.max_bank, getattr(datamodule, "seed", 0))
         bank_loader = datamodule.eval_dataloader("train", indices=bank_indices)
         bank, bank_labels, _ = extract_shard(model, bank_loader, device, out_device=device)
-        queries, query_labels = _HeldOutFeatures.of(trainer).get(trainer, model, device, self.max_queries)
+        queries, query_labels = self.held_out.get(model, device, self.max_queries)
         queries = queries.to(device)
         self.sizes = (len(bank_indices), len(queries))
-        self.results[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k,
-                                          temperature=self.temperature, sharded=True)
-        self.results_l2[name] = knn_accuracy(bank, bank_labels, queries, query_labels, k=5, temperature=None,
-                                             metric="l2", sharded=True)
+        self.results[name] = knn_accuracy(
+            bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature, sharded=True
+        )
+        self.results_l2[name] = knn_accuracy(
+            bank, bank_labels, queries, query_labels, k=5, temperature=None, metric="l2", sharded=True
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.enabled and self.baselines):
@@ -177,8 +208,9 @@ class KNNMonitor(L.Callback):
         if "raw pixels" not in self.results:
             size = getattr(trainer.datamodule, "image_size", 0)
             if size > self.raw_pixels_size:
-                self.raw_pixels_note = f" (average-pooled from {size}x{size} to {self.raw_pixels_size}x" \
-                                       f"{self.raw_pixels_size})"
+                self.raw_pixels_note = (
+                    f" (average-pooled from {size}x{size} to {self.raw_pixels_size}x{self.raw_pixels_size})"
+                )
             self._record("raw pixels", self.raw_pixels, trainer, pl_module.device)
         if "random init" not in self.results and trainer.global_step == 0:
             self._record("random init", pl_module.backbone, trainer, pl_module.device)
@@ -196,8 +228,10 @@ class KNNMonitor(L.Callback):
         weighted = f"cosine k={self.k}, " + ("unweighted" if self.temperature is None else f"T={self.temperature}")
         sizes = f" ({self.sizes[0]:,} bank images, {self.sizes[1]:,} queries)" if self.sizes else ""
         rows = [f"kNN top-1 on the held-out split{sizes}:  {weighted:>20}  {'5-NN L2 (INTL)':>15}"]
-        rows += [f"  {name:<12} {100 * value:39.2f}%  {100 * self.results_l2.get(name, float('nan')):14.2f}%"
-                 for name, value in self.results.items()]
+        rows += [
+            f"  {name:<12} {100 * value:39.2f}%  {100 * self.results_l2.get(name, float('nan')):14.2f}%"
+            for name, value in self.results.items()
+        ]
         if self.raw_pixels_note and "raw pixels" in self.results:
             rows.append(f"  raw pixels{self.raw_pixels_note}")
         return "\n".join(rows)
@@ -210,7 +244,7 @@ class KNNMonitor(L.Callback):
         self.results_l2 = dict(state_dict.get("results_l2", {}))
 
 
-class SpectrumMonitor(L.Callback):
+class SpectrumMonitor(_HeldOutMonitor):
     """Every ``every_n_epochs`` epochs (0: off): the eigen-spectrum of the backbone features and of
     the projector's embedding on at most ``max_images`` clean held-out images (a class-balanced
     subset); logs ``spectrum/<features>/effective_rank``, ``rankme`` and ``condition_number`` and a
@@ -227,19 +261,21 @@ class SpectrumMonitor(L.Callback):
         if self.every_n_epochs <= 0:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "SpectrumMonitor")
-        _HeldOutFeatures.of(trainer).request("spectrum", self.max_images)
+        self._join(trainer, "spectrum", self.max_images)
         available = len(trainer.datamodule.labels("test"))
         images = available if self.max_images is None else min(self.max_images, available)
         widths = [pl_module.backbone.num_features, getattr(pl_module.projector, "out_dim", 0)]
         if images <= max(widths):
-            rank_zero_info(f"SpectrumMonitor: {images} held-out images for features of width {max(widths)}: "
-                           f"effective rank and RankMe are capped at {images - 1}")
+            rank_zero_info(
+                f"SpectrumMonitor: {images} held-out images for features of width {max(widths)}: "
+                f"effective rank and RankMe are capped at {images - 1}"
+            )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
         device = pl_module.device
-        features, _ = _HeldOutFeatures.of(trainer).get(trainer, pl_module.backbone, device, self.max_images)
+        features, _ = self.held_out.get(pl_module.backbone, device, self.max_images)
         embedding = apply_in_batches(pl_module.projector, features, device)
         spectra = {}
         for name, values in (("backbone", features), ("embedding", embedding)):
@@ -254,17 +290,23 @@ class SpectrumMonitor(L.Callback):
             experiment.add_figure("spectrum", figure, global_step=trainer.global_step, close=True)
 
 
-class OnlineLinearProbe(L.Callback):
+class OnlineLinearProbe(_HeldOutMonitor):
     """A linear classifier trained alongside pretraining on the detached backbone features of
-    view 0 (the method's ``step_features``; its own SGD optimizer, so the backbone never receives
+    view 0 (the ``features`` in the training step's outputs; its own SGD optimizer, so the backbone never receives
     its gradient); logs ``online/train_top1`` every step and ``online/top1`` on at most
     ``max_images`` clean held-out images (a class-balanced subset) every ``every_n_epochs`` epochs;
     0 turns it off (no classifier is trained). Labels < 0 (STL-10's unlabeled images) are ignored.
     Its initialisation is seeded and its gradients are averaged over the ranks, so every rank holds
     the same classifier. Nothing in its step waits for the device."""
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 every_n_epochs: int = 1, max_images: int | None = 10_000) -> None:
+    def __init__(
+        self,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        every_n_epochs: int = 1,
+        max_images: int | None = 10_000,
+    ) -> None:
         _check_budget("online_probe.max_images", max_images)
         self.lr, self.momentum, self.weight_decay, self.every_n_epochs = lr, momentum, weight_decay, every_n_epochs
         self.max_images = max_images
@@ -274,7 +316,7 @@ class OnlineLinearProbe(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0:
             return
-        _HeldOutFeatures.of(trainer).request("online_probe", self.max_images)
+        self._join(trainer, "online_probe", self.max_images)
         num_classes = getattr(trainer.datamodule, "num_classes", None)
         if num_classes is None:
             trainer.datamodule.setup(stage)
@@ -282,8 +324,9 @@ class OnlineLinearProbe(L.Callback):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.classifier = nn.Linear(pl_module.backbone.num_features, num_classes)
-        self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=self.lr, momentum=self.momentum,
-                                         weight_decay=self.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.classifier.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
@@ -292,12 +335,12 @@ class OnlineLinearProbe(L.Callback):
             self.classifier.to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        labels, features = batch[1], getattr(pl_module, "step_features", None)
+        labels, features = batch[1], outputs.get("features") if isinstance(outputs, dict) else None
         if self.classifier is None or features is None or len(features) != len(labels):
             return
         known = (labels >= 0).float()  # a mask, not an index: no wait for the device
-        with torch.autocast(pl_module.device.type, enabled=False):
-            logits = self.classifier(features.float())
+        with full_precision(features) as (features,):
+            logits = self.classifier(features)
             losses = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
             loss = (losses * known).sum() / known.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
@@ -313,8 +356,7 @@ class OnlineLinearProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        features, labels = _HeldOutFeatures.of(trainer).get(trainer, pl_module.backbone, pl_module.device,
-                                                            self.max_images)
+        features, labels = self.held_out.get(pl_module.backbone, pl_module.device, self.max_images)
         with torch.no_grad():
             predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
         self.top1 = (predictions == labels).float().mean().item()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -45,8 +45,12 @@ def spectrum_summary(features: Tensor, eigenvalues: Tensor | None = None) -> dic
     """Effective rank, RankMe and condition number of (N, D) features, and their width D
     (``eigenvalues``: their :func:`covariance_spectrum`, when already computed)."""
     eigenvalues = covariance_spectrum(features) if eigenvalues is None else eigenvalues
-    return {"effective_rank": effective_rank(eigenvalues), "rankme": rankme(features),
-            "condition_number": condition_number(eigenvalues), "dim": float(features.shape[1])}
+    return {
+        "effective_rank": effective_rank(eigenvalues),
+        "rankme": rankme(features),
+        "condition_number": condition_number(eigenvalues),
+        "dim": float(features.shape[1]),
+    }
 
 
 def plot_spectra(spectra: Mapping[str, Tensor], title: str = ""):

@@ -5,4 +5,14 @@ from .baselines import BYOL, WMSE, BarlowTwins, SimCLR, VICReg
 from .intl import INTL, SpectralTransform
 from .supervised import SupervisedClassifier
 
-__all__ = ["BYOL", "INTL", "WMSE", "BarlowTwins", "SSLMethod", "SimCLR", "SpectralTransform", "SupervisedClassifier", "VICReg"]
+__all__ = [
+    "BYOL",
+    "INTL",
+    "WMSE",
+    "BarlowTwins",
+    "SSLMethod",
+    "SimCLR",
+    "SpectralTransform",
+    "SupervisedClassifier",
+    "VICReg",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..losses import BarlowTwinsLoss, BYOLLoss, NTXentLoss, VICRegLoss, WMSELoss
 from ..models import Projector
@@ -20,8 +20,9 @@ class BarlowTwins(SSLMethod):
 class VICReg(SSLMethod):
     """VICReg (Bardes et al., ICLR 2022): variance, invariance and covariance terms."""
 
-    def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, gather: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, gather: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.criterion = VICRegLoss(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gather=gather)
 
@@ -42,9 +43,6 @@ class WMSE(SSLMethod):
         super().__init__(**kwargs)
         self.criterion = WMSELoss(w_size=w_size, w_iter=w_iter, eps=eps, gather=gather)
 
-    def graph_blocker(self) -> str | None:
-        return "W-MSE (it draws its sub-batch permutations on the host every step)"
-
 
 class BYOL(SSLMethod):
     """BYOL (Grill et al., NeurIPS 2020): an online backbone + projector + predictor regresses an
@@ -55,7 +53,7 @@ class BYOL(SSLMethod):
     def __init__(self, predictor_hidden_dims: Sequence[int] = (4096,), base_momentum: float = 0.99, **kwargs) -> None:
         super().__init__(**kwargs)
         width = self.projector.out_dim
-        self.predictor = Projector(width, predictor_hidden_dims, width).requires_grad_(self.trainable != "norm_only")
+        self.predictor = self.add_head(Projector(width, predictor_hidden_dims, width))
         self.add_momentum_target(base_momentum)
         self.criterion = BYOLLoss()
 

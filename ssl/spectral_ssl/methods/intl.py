@@ -18,8 +18,17 @@ class INTL(SSLMethod):
     key, every other view is a query.
     """
 
-    def __init__(self, iters: int = 4, eps: float = 0.0, axis: int = 0, trace_weight: float | None = None,
-                 gather: bool = True, form: Form = "auto", momentum: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        iters: int = 4,
+        eps: float = 0.0,
+        axis: int = 0,
+        trace_weight: float | None = None,
+        gather: bool = True,
+        form: Form = "auto",
+        momentum: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.criterion = INTLLoss(iters=iters, eps=eps, axis=axis, trace_weight=trace_weight, gather=gather, form=form)
         if momentum is not None:
@@ -36,13 +45,18 @@ class SpectralTransform(SSLMethod):
     lambda -> lambda^power (p = -1/2 is whitening); see :class:`STLoss`. Sweep ``power`` to
     reproduce the paper's ST ablation."""
 
-    def __init__(self, power: float = -0.5, method: str = "eigh", axis: int = 1, eps: float = 1e-5, iters: int = 4,
-                 trace_weight: float = 0.0, gather: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        power: float = -0.5,
+        method: str = "eigh",
+        axis: int = 1,
+        eps: float = 1e-5,
+        iters: int = 4,
+        trace_weight: float = 0.0,
+        gather: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        self.criterion = STLoss(power=power, method=method, axis=axis, eps=eps, iters=iters,
-                                trace_weight=trace_weight, gather=gather)
-
-    def graph_blocker(self) -> str | None:
-        if self.criterion.method == "eigh":
-            return "SpectralTransform(method='eigh') (the eigendecomposition waits for the host; method='newton' does not)"
-        return None
+        self.criterion = STLoss(
+            power=power, method=method, axis=axis, eps=eps, iters=iters, trace_weight=trace_weight, gather=gather
+        )

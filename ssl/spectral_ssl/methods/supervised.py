@@ -20,15 +20,22 @@ class SupervisedClassifier(SSLMethod):
     ``validation_step`` reports top-1 on whatever loader it is given (the CLI gives the held-out split).
     """
 
-    def __init__(self, num_classes: int = 10, backbone: BackboneConfig = BackboneConfig(),
-                 optimizer: OptimizerConfig = OptimizerConfig(), trainable: Trainable = "all") -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: BackboneConfig = BackboneConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        trainable: Trainable = "all",
+    ) -> None:
         super().__init__(backbone=backbone, projector_dims=[num_classes], optimizer=optimizer, trainable=trainable)
 
     def on_fit_start(self) -> None:
         classes = getattr(self.trainer.datamodule, "num_classes", None)
         if classes is not None and classes > self.projector.out_dim:
-            raise ValueError(f"the dataset has {classes} classes but model.num_classes={self.projector.out_dim}: "
-                             f"set --model.num_classes={classes}")
+            raise ValueError(
+                f"the dataset has {classes} classes but model.num_classes={self.projector.out_dim}: "
+                f"set --model.num_classes={classes}"
+            )
         super().on_fit_start()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -36,7 +43,10 @@ class SupervisedClassifier(SSLMethod):
         images = views[0] if isinstance(views, (list, tuple)) else views
         logits = self.projector(self.backbone(images))
         self.log("train/top1", (logits.argmax(1) == labels).float().mean())
-        return self.log_parts({"loss": F.cross_entropy(logits, labels)})
+        outputs = {"loss": F.cross_entropy(logits, labels)}
+        self.check_finite(outputs)
+        self.log_outputs(outputs)
+        return outputs
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch[:2]

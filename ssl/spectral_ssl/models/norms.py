@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..spectral import _newton_schulz
+from ..spectral import newton_schulz
 
 
 def is_norm(module: nn.Module) -> bool:
     """True for every normalization layer: torch's BatchNorm/SyncBN/GroupNorm/LayerNorm/InstanceNorm
     and this module's PLN, LN-G, LayerNorm2d and IterNorm (selected by type, not by tensor shape)."""
-    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-                               _ChannelAffine))
+    return isinstance(
+        module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, _ChannelAffine)
+    )
 
 
 class _ChannelAffine(nn.Module):
@@ -50,7 +51,9 @@ class _BlockLayerNorm(_ChannelAffine):
     def __init__(self, num_channels: int, group_size: int, eps: float, centre: bool, affine: bool) -> None:
         super().__init__(num_channels, affine)
         if num_channels % group_size:
-            raise ValueError(f"{type(self).__name__}: groups of {group_size} channels do not divide {num_channels} channels")
+            raise ValueError(
+                f"{type(self).__name__}: groups of {group_size} channels do not divide {num_channels} channels"
+            )
         self.group_size, self.eps, self.centre = group_size, eps, centre
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,8 +83,15 @@ class ParallelLayerNorm(_BlockLayerNorm):
     nonlinearity) by ``create_backbone(norm="pln", act="pln")``.
     """
 
-    def __init__(self, num_channels: int, group_size: int = 8, eps: float = 1e-5, centre: bool = True,
-                 affine: bool = True, **_: object) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        group_size: int = 8,
+        eps: float = 1e-5,
+        centre: bool = True,
+        affine: bool = True,
+        **_: object,
+    ) -> None:
         if group_size < 3:
             raise ValueError(f"PLN group_size must be >= 3 (k=2 is a sign function, k=1 gives zeros), got {group_size}")
         super().__init__(num_channels, group_size, eps, centre, affine)
@@ -101,11 +111,20 @@ class GroupedLayerNorm(_BlockLayerNorm):
     explicitly, never chosen silently.
     """
 
-    def __init__(self, num_channels: int, num_groups: int = 8, eps: float = 1e-5, pool_spatial: bool = False,
-                 affine: bool = True, **_: object) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int = 8,
+        eps: float = 1e-5,
+        pool_spatial: bool = False,
+        affine: bool = True,
+        **_: object,
+    ) -> None:
         if num_channels % num_groups or num_channels // num_groups < 3:
-            raise ValueError(f"LN-G needs num_groups ({num_groups}) to divide the {num_channels} channels into "
-                             "groups of at least 3 (groups of 2 output +-1: a sign function)")
+            raise ValueError(
+                f"LN-G needs num_groups ({num_groups}) to divide the {num_channels} channels into "
+                "groups of at least 3 (groups of 2 output +-1: a sign function)"
+            )
         super().__init__(num_channels, num_channels // num_groups, eps, True, affine)
         self.num_groups, self.pool_spatial = num_groups, pool_spatial
 
@@ -145,8 +164,16 @@ class IterNorm2d(_ChannelAffine):
     rank at each forward.
     """
 
-    def __init__(self, num_channels: int, group_size: int = 64, iters: int = 5, eps: float = 1e-5,
-                 momentum: float = 0.1, affine: bool = True, **_: object) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        group_size: int = 64,
+        iters: int = 5,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        **_: object,
+    ) -> None:
         super().__init__(num_channels, affine)
         group_size = min(group_size, num_channels)
         if num_channels % group_size:
@@ -167,7 +194,7 @@ class IterNorm2d(_ChannelAffine):
                 eye = torch.eye(self.group_size, device=x.device)
                 sigma = self.eps * eye + xc @ xc.transpose(1, 2) / xc.shape[-1]
                 trace = sigma.diagonal(dim1=1, dim2=2).sum(-1).view(groups, 1, 1)
-                wm = _newton_schulz(sigma / trace, self.iters) * trace.rsqrt()
+                wm = newton_schulz(sigma / trace, self.iters) * trace.rsqrt()
                 with torch.no_grad():
                     self.running_mean.lerp_(mean, self.momentum)
                     self.running_wm.lerp_(wm, self.momentum)

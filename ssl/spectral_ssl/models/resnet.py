@@ -9,7 +9,7 @@ there is no classifier: ``forward`` returns the globally pooled features (``num_
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +43,17 @@ class BasicBlock(_Residual):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer, skip_init: bool = False) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int,
+        downsample: nn.Module | None,
+        norm_layer: NormLayer,
+        act_layer: ActLayer,
+        out_act_layer: ActLayer,
+        skip_init: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(cin, planes, stride)
         self.bn1 = norm_layer(planes)
@@ -70,8 +79,17 @@ class Bottleneck(_Residual):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer, skip_init: bool = False) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int,
+        downsample: nn.Module | None,
+        norm_layer: NormLayer,
+        act_layer: ActLayer,
+        out_act_layer: ActLayer,
+        skip_init: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1 = conv1x1(cin, planes)
         self.bn1 = norm_layer(planes)
@@ -108,13 +126,24 @@ class ResNet(nn.Module):
     ``skip_init`` adds a zero-initialised gain on every residual branch (for ``norm="none"``).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], *,
-                 norm_layer: NormLayer, act_layer: ActLayer, out_act_layer: ActLayer | None = None,
-                 width: int = 64, cifar_stem: bool = False, zero_init_residual: bool = False,
-                 skip_init: bool = False, in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        *,
+        norm_layer: NormLayer,
+        act_layer: ActLayer,
+        out_act_layer: ActLayer | None = None,
+        width: int = 64,
+        cifar_stem: bool = False,
+        zero_init_residual: bool = False,
+        skip_init: bool = False,
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
-        block_kwargs = dict(norm_layer=norm_layer, act_layer=act_layer,
-                            out_act_layer=out_act_layer or act_layer, skip_init=skip_init)
+        block_kwargs = dict(
+            norm_layer=norm_layer, act_layer=act_layer, out_act_layer=out_act_layer or act_layer, skip_init=skip_init
+        )
         self.inplanes = width
         if cifar_stem:
             self.conv1 = conv3x3(in_chans, width)
@@ -142,8 +171,10 @@ class ResNet(nn.Module):
     def _make_stage(self, block, planes: int, depth: int, stride: int, block_kwargs: dict) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       block_kwargs["norm_layer"](planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                block_kwargs["norm_layer"](planes * block.expansion),
+            )
         blocks = [block(self.inplanes, planes, stride, downsample, **block_kwargs)]
         self.inplanes = planes * block.expansion
         blocks += [block(self.inplanes, planes, 1, None, **block_kwargs) for _ in range(1, depth)]

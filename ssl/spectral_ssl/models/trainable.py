@@ -8,7 +8,8 @@ approximators (Burkholz, ICLR 2024).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -32,6 +33,8 @@ def set_trainable(backbone: nn.Module, heads: Sequence[nn.Module], mode: Trainab
         head.requires_grad_(mode != "norm_only")
     params = [p for m in (backbone, *heads) for p in m.parameters()]
     if mode != "all" and not any(p.requires_grad for p in backbone.parameters()):
-        raise ValueError(f"trainable={mode!r} leaves nothing to train in the backbone: it has no normalization layers "
-                         "with affine parameters (norm='none'?)")
+        raise ValueError(
+            f"trainable={mode!r} leaves nothing to train in the backbone: it has no normalization layers "
+            "with affine parameters (norm='none'?)"
+        )
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -19,7 +19,7 @@ LOSSES = {
     "vicreg": lambda: VICRegLoss(),
     "nt_xent": lambda: NTXentLoss(temperature=0.2),
     # W-MSE whitens sub-batches of w_size > dim: on 8 of the 48 outputs, 2 sub-batches of 16, twice
-    "wmse": lambda: (lambda views: WMSELoss(w_size=16, w_iter=2)([v[:, :8] for v in views])),
+    "wmse": lambda: lambda views: WMSELoss(w_size=16, w_iter=2)([v[:, :8] for v in views]),
 }
 
 
@@ -36,11 +36,12 @@ def _worker(rank, world, port, out_dir):
         model, views = make_model_and_views()
         ddp = nn.parallel.DistributedDataParallel(model)
         shard = BATCH // world
-        local = [v[rank * shard:(rank + 1) * shard] for v in views]
+        local = [v[rank * shard : (rank + 1) * shard] for v in views]
         loss = make_loss()([ddp(v) for v in local])["loss"]
         loss.backward()
-        torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]},
-                   f"{out_dir}/{name}_rank{rank}.pt")
+        torch.save(
+            {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{name}_rank{rank}.pt"
+        )
     dist.destroy_process_group()
 
 
@@ -96,31 +97,36 @@ def test_feature_extraction_is_sharded_then_gathered_in_order(tmp_path):
         assert torch.equal(result["labels"], torch.arange(11) % 4)
 
 
-KNN_CASES = {"weighted k=20": dict(k=20, temperature=0.07), "5-NN L2": dict(k=5, temperature=None, metric="l2"),
-             "majority k=7": dict(k=7, temperature=None)}
+KNN_CASES = {
+    "weighted k=20": dict(k=20, temperature=0.07),
+    "5-NN L2": dict(k=5, temperature=None, metric="l2"),
+    "majority k=7": dict(k=7, temperature=None),
+}
 
 
-def knn_data():
+def knn_data(tied_bank):
     """A random bank (float features) and a tied one (integer features, duplicated rows)."""
-    from test_knn import tied_bank
-
     generator = torch.Generator().manual_seed(5)
-    random = (torch.randn(203, 16, generator=generator), torch.randint(0, 6, (203,), generator=generator),
-              torch.randn(40, 16, generator=generator))
-    return {"random": random, "tied": tied_bank()}
+    random = (
+        torch.randn(203, 16, generator=generator),
+        torch.randint(0, 6, (203,), generator=generator),
+        torch.randn(40, 16, generator=generator),
+    )
+    return {"random": random, "tied": tied_bank}
 
 
-def _knn_worker(rank, world, port, out_dir):
+def _knn_worker(rank, world, port, out_dir, data):
     from spectral_ssl.distributed import shard_range
     from spectral_ssl.evaluation import knn_predict
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     results = {}
-    for data_name, (bank, labels, queries) in knn_data().items():
+    for data_name, (bank, labels, queries) in data.items():
         start, end = shard_range(len(bank))
         for name, options in KNN_CASES.items():
-            results[f"{data_name} {name}"] = knn_predict(bank[start:end], labels[start:end], queries, backend="torch",
-                                                         chunk_size=16, sharded=True, **options)
+            results[f"{data_name} {name}"] = knn_predict(
+                bank[start:end], labels[start:end], queries, backend="torch", chunk_size=16, sharded=True, **options
+            )
         # a share smaller than k: rank 1 holds 3 of 23 rows
         cut = 20 if rank == 0 else 3
         part = (bank[:20], labels[:20]) if rank == 0 else (bank[20:23], labels[20:23])
@@ -130,7 +136,7 @@ def _knn_worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def test_sharded_knn_equals_one_process_exactly(tmp_path):
+def test_sharded_knn_equals_one_process_exactly(tmp_path, tied_bank):
     """Each of two gloo ranks holds a contiguous share of the bank; the merged answer equals the
     single-process one, ties included, on both ranks."""
     import sys
@@ -138,10 +144,11 @@ def test_sharded_knn_equals_one_process_exactly(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from spectral_ssl.evaluation import knn_predict
 
-    mp.spawn(_knn_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    data = knn_data(tied_bank)
+    mp.spawn(_knn_worker, args=(2, free_port(), str(tmp_path), data), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"knn{rank}.pt", weights_only=True)
-        for data_name, (bank, labels, queries) in knn_data().items():
+        for data_name, (bank, labels, queries) in data.items():
             for name, options in KNN_CASES.items():
                 expected = knn_predict(bank, labels, queries, backend="torch", **options)
                 assert torch.equal(got[f"{data_name} {name}"], expected), (rank, data_name, name)
@@ -152,20 +159,30 @@ def test_sharded_knn_equals_one_process_exactly(tmp_path):
 def torchrun(*args, nproc=2):
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-            "spectral_ssl", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "spectral_ssl",
+        *args,
+    ]
 
 
-def test_knn_command_under_torchrun_equals_one_process(tmp_path):
+def test_knn_command_under_torchrun_equals_one_process(tmp_path, pretrain):
     import subprocess
     import sys
 
-    from test_pretrain import pretrain
-
     run = pretrain(tmp_path, "--trainer.max_epochs=1", "--knn.every_n_epochs=0")
     checkpoint = str(run / "checkpoints" / "last.ckpt")
-    single = subprocess.run([sys.executable, "-m", "spectral_ssl", "knn", checkpoint, "--k=[20]"],
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "spectral_ssl", "knn", checkpoint, "--k=[20]"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     both = subprocess.run(torchrun("knn", checkpoint, "--k=[20]"), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0 and both.returncode == 0, both.stderr[-3000:]
     lines = lambda out: [line.split("(")[0] for line in out.splitlines() if line.startswith("kNN top-1")]  # noqa: E731
@@ -173,10 +190,20 @@ def test_knn_command_under_torchrun_equals_one_process(tmp_path):
     assert "share of 718" in both.stdout  # 1437 training images over two processes, none gathered
 
 
-DDP_RUN = ["pretrain", "--config", "configs/quickstart.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
-           "--trainer.strategy=ddp", "--model.backbone.width=8", "--model.projector_dims=[64,64]",
-           "--data.batch_size=64", "--spectrum.every_n_epochs=2", "--online_probe.every_n_epochs=1",
-           "--knn.every_n_epochs=1"]
+DDP_RUN = [
+    "pretrain",
+    "--config",
+    "configs/quickstart.yaml",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=2",
+    "--trainer.strategy=ddp",
+    "--model.backbone.width=8",
+    "--model.projector_dims=[64,64]",
+    "--data.batch_size=64",
+    "--spectrum.every_n_epochs=2",
+    "--online_probe.every_n_epochs=1",
+    "--knn.every_n_epochs=1",
+]
 
 
 def test_pretrain_under_torchrun_with_every_default_on_finishes(tmp_path):
@@ -185,9 +212,14 @@ def test_pretrain_under_torchrun_with_every_default_on_finishes(tmp_path):
     spectrum epoch: synced metrics were reduced by rank 0's progress bar alone."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(torchrun(*DDP_RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)),
-                            capture_output=True, text=True, timeout=600, cwd=root)
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        torchrun(*DDP_RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Epoch 2: 100%" in result.stdout  # the progress bar ran
     assert "trained" in result.stdout and "random init" in result.stdout
@@ -204,16 +236,39 @@ def test_killing_one_rank_ends_the_other_within_seconds(tmp_path):
     import sys
     import time
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     port = free_port()
     processes = []
     for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
-               "TORCHELASTIC_RUN_ID": "test"}
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "spectral_ssl", *DDP_RUN, "--trainer.max_epochs=50", "--output_dir", str(tmp_path)],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": "0",
+            "TORCHELASTIC_RUN_ID": "test",
+        }
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "spectral_ssl",
+                    *DDP_RUN,
+                    "--trainer.max_epochs=50",
+                    "--output_dir",
+                    str(tmp_path),
+                ],
+                cwd=root,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     last = tmp_path / "quickstart" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and all(p.poll() is None for p in processes):

@@ -7,26 +7,42 @@ import pytest
 import torch
 import torchvision
 
+from spectral_ssl.checkpoints import backbone_state, load_backbone, load_weights, read_pretraining_checkpoint
 from spectral_ssl.cli import main
-from spectral_ssl.export import export_backbone, load_backbone, load_weights, read_pretraining_checkpoint
+from spectral_ssl.export import export_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pretrain_checkpoint(out: Path, *overrides: str) -> Path:
-    main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-          "--run_name", "run", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-          "--trainer.enable_progress_bar=false", "--data.batch_size=32", "--model.projector_dims=[64,64]", *overrides])
+    main(
+        [
+            "pretrain",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output_dir",
+            str(out),
+            "--run_name",
+            "run",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--data.batch_size=32",
+            "--model.projector_dims=[64,64]",
+            *overrides,
+        ]
+    )
     return out / "run" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
 def resnet50_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("r50")
-    checkpoint = pretrain_checkpoint(out, "--model.backbone.name=resnet50", "--model.backbone.cifar_stem=false",
-                                     "--model.backbone.width=64")
+    checkpoint = pretrain_checkpoint(
+        out, "--model.backbone.name=resnet50", "--model.backbone.cifar_stem=false", "--model.backbone.width=64"
+    )
     files = export_backbone(checkpoint, out / "export", image_size=64, log=lambda *_: None)
-    state, _ = read_pretraining_checkpoint(checkpoint)
+    state, _ = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
     return files, state
 
 
@@ -59,12 +75,16 @@ def test_onnx_matches_pytorch(resnet50_export):
 
 
 def test_non_bn_variant_rebuilds_from_metadata(tmp_path):
-    checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.norm=pln", "--model.backbone.act=pln",
-                                     "--model.backbone.width=8")
+    checkpoint = pretrain_checkpoint(
+        tmp_path, "--model.backbone.norm=pln", "--model.backbone.act=pln", "--model.backbone.width=8"
+    )
     main(["export", str(checkpoint), "--out", str(tmp_path / "export"), "--formats", "torchvision", "safetensors"])
     metadata = json.loads((tmp_path / "export" / "backbone.json").read_text())
     assert metadata["backbone"]["norm"] == "pln" and metadata["backbone"]["act"] == "pln"
-    a, b = load_backbone(tmp_path / "export" / "backbone.pth"), load_backbone(tmp_path / "export" / "backbone.safetensors")
+    a, b = (
+        load_backbone(tmp_path / "export" / "backbone.pth"),
+        load_backbone(tmp_path / "export" / "backbone.safetensors"),
+    )
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
@@ -92,7 +112,9 @@ def test_timm_backbone_exports_to_plain_timm(tmp_path):
     import timm
 
     checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.name=timm:resnet18")
-    files = export_backbone(checkpoint, tmp_path / "export", formats=["torchvision"], image_size=32, log=lambda *_: None)
+    files = export_backbone(
+        checkpoint, tmp_path / "export", formats=["torchvision"], image_size=32, log=lambda *_: None
+    )
     reference = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
     reference.load_state_dict(torch.load(files["torchvision"], weights_only=True), strict=True)
     x = torch.randn(2, 3, 32, 32)

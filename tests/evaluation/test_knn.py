@@ -57,39 +57,6 @@ def test_weighted_vote_by_hand():
     assert knn_accuracy(bank, labels, query, torch.tensor([0]), k=3, temperature=0.1) == 1.0
 
 
-def test_effective_rank_and_spectrum():
-    import numpy as np
-
-    from spectral_ssl.evaluation import covariance_spectrum, effective_rank
-
-    assert effective_rank(torch.ones(7)) == pytest.approx(7)
-    assert effective_rank(torch.tensor([3.0, 0.0, 0.0])) == pytest.approx(1)
-    features = torch.randn(500, 6) * torch.tensor([3.0, 2, 1, 1, 0.5, 0.1])
-    spectrum = covariance_spectrum(features)
-    expected = np.sort(np.linalg.eigvalsh(np.cov(features.numpy().T)))[::-1]
-    np.testing.assert_allclose(spectrum.numpy(), expected, rtol=1e-5)
-    p = expected / expected.sum()
-    assert effective_rank(spectrum) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
-
-
-def test_linear_probe_matches_scikit_learn_logistic_regression():
-    from sklearn.linear_model import LogisticRegression
-
-    from spectral_ssl.evaluation import linear_probe
-
-    generator = torch.Generator().manual_seed(1)
-    centres = 1.5 * torch.randn(5, 20, generator=generator)
-    labels = torch.randint(0, 5, (1500,), generator=generator)
-    features = centres[labels] + torch.randn(1500, 20, generator=generator) * 1.5 + 7.0
-    train, test = slice(0, 1000), slice(1000, None)
-    ours = linear_probe(features[train], labels[train], features[test], labels[test], epochs=100)
-    reference = LogisticRegression(max_iter=2000).fit(features[train].numpy(), labels[train].numpy())
-    expected = reference.score(features[test].numpy(), labels[test].numpy())
-    assert 0.5 < expected < 0.99  # a problem with room on both sides
-    assert abs(ours - expected) < 0.03
-    assert ours == linear_probe(features[train], labels[train], features[test], labels[test], epochs=100)
-
-
 def reference_knn(bank, labels, queries, k, temperature, metric, num_classes):
     """Written out in float64: scores for every pair, the k best by (score desc, bank index asc),
     then the vote (weighted, or majority with ties to the smallest label)."""
@@ -107,25 +74,22 @@ def reference_knn(bank, labels, queries, k, temperature, metric, num_classes):
     return torch.tensor(predictions)
 
 
-def tied_bank():
-    """Integer features (every dot product exact in float32) with many duplicated rows of
-    different labels: the k-th nearest is tied for most queries."""
-    generator = torch.Generator().manual_seed(3)
-    base = torch.randint(-2, 3, (12, 6), generator=generator).float()
-    base[base.abs().sum(1) == 0] = 1.0
-    bank = base[torch.randint(0, 12, (90,), generator=generator)]
-    labels = torch.randint(0, 4, (90,), generator=generator)
-    queries = base[torch.randint(0, 12, (25,), generator=generator)] + 0.0
-    return bank, labels, queries
-
-
 @pytest.mark.parametrize("k, temperature, metric", [(5, None, "l2"), (20, 0.07, "cosine"), (7, None, "cosine")])
-def test_ties_go_to_the_lower_bank_index_whatever_the_chunking(k, temperature, metric):
-    bank, labels, queries = tied_bank()
+def test_ties_go_to_the_lower_bank_index_whatever_the_chunking(k, temperature, metric, tied_bank):
+    bank, labels, queries = tied_bank
     expected = reference_knn(bank, labels, queries, k, temperature, metric, 4)
     for chunk_size in (4, 13, 4096):
-        got = knn_predict(bank, labels, queries, k=k, temperature=temperature, metric=metric, backend="torch",
-                          chunk_size=chunk_size, num_classes=4)
+        got = knn_predict(
+            bank,
+            labels,
+            queries,
+            k=k,
+            temperature=temperature,
+            metric=metric,
+            backend="torch",
+            chunk_size=chunk_size,
+            num_classes=4,
+        )
         assert torch.equal(got, expected), chunk_size
 
 
@@ -140,8 +104,10 @@ def test_bank_in_a_feature_file_gives_the_in_memory_answer(tmp_path):
     store.finish()
     assert torch.equal(store[250:700], bank[250:700]) and len(store) == 1000
     for options in (dict(k=20), dict(k=5, temperature=None, metric="l2")):
-        assert torch.equal(knn_predict(store, labels, queries, chunk_size=128, **options),
-                           knn_predict(bank, labels, queries, backend="torch", **options))
+        assert torch.equal(
+            knn_predict(store, labels, queries, chunk_size=128, **options),
+            knn_predict(bank, labels, queries, backend="torch", **options),
+        )
 
 
 def test_k_outside_the_bank_is_refused():

@@ -9,22 +9,36 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from spectral_ssl.checkpoints import load_encoder
 from spectral_ssl.cli import main
 from spectral_ssl.data import DigitsDataModule
+from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 from spectral_ssl.evaluation import extract_features, knn_accuracy
-from spectral_ssl.export import load_encoder
-from test_formats import write_cifar, write_image_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST_RUN = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    main(["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.backbone.width=8",
-          "--model.projector_dims=[64,64]", "--data.batch_size=64", "--trainer.max_epochs=2", "--spectrum.every_n_epochs=1",
-          "--output_dir", str(out), "--run_name", "tiny", *FAST_RUN])
+    main(
+        [
+            "pretrain",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--model.backbone.width=8",
+            "--model.projector_dims=[64,64]",
+            "--data.batch_size=64",
+            "--trainer.max_epochs=2",
+            "--spectrum.every_n_epochs=1",
+            "--output_dir",
+            str(out),
+            "--run_name",
+            "tiny",
+            *FAST_RUN,
+        ]
+    )
     return out / "tiny" / "checkpoints" / "last.ckpt"
 
 
@@ -32,8 +46,14 @@ def test_pretraining_logs_online_probe_and_spectrum(checkpoint):
     events = EventAccumulator(str(checkpoint.parents[1]), size_guidance={"images": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("online/top1", "online/train_top1", "knn/top1_5nn_l2", "spectrum/embedding/effective_rank",
-                "spectrum/backbone/rankme", "spectrum/backbone/condition_number"):
+    for tag in (
+        "online/top1",
+        "online/train_top1",
+        "knn/top1_5nn_l2",
+        "spectrum/embedding/effective_rank",
+        "spectrum/backbone/rankme",
+        "spectrum/backbone/condition_number",
+    ):
         assert tag in tags["scalars"], tag
     assert "spectrum" in tags["images"]
     assert 0.3 < events.Scalars("online/top1")[-1].value <= 1.0  # far above chance (10%) after 44 steps
@@ -44,8 +64,9 @@ def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
     backbone, _ = load_encoder(checkpoint)
     bank_loader, test_loader = DigitsDataModule().knn_dataloaders()
     bank, queries = extract_features(backbone, bank_loader), extract_features(backbone, test_loader)
-    assert results["5-NN L2 (INTL)"] == knn_accuracy(*bank, *queries, k=5, temperature=None, metric="l2",
-                                                     backend="torch")
+    assert results["5-NN L2 (INTL)"] == knn_accuracy(
+        *bank, *queries, k=5, temperature=None, metric="l2", backend="torch"
+    )
     assert results["weighted k=20 T=0.07"] == knn_accuracy(*bank, *queries, k=20, backend="torch")
     assert set(results) == {"weighted k=20 T=0.07", "weighted k=200 T=0.07", "5-NN L2 (INTL)"}
     assert "5-NN L2 (INTL)" in capsys.readouterr().out
@@ -68,8 +89,21 @@ def test_spectrum_command_writes_png_and_csv_with_the_exact_eigenvalues(checkpoi
 def test_linear_fast_and_protocol(checkpoint, tmp_path, capsys):
     top1 = main(["linear", str(checkpoint), "--fast", "--epochs=30"])
     assert 0.7 < top1 <= 1.0
-    cli = main(["linear", str(checkpoint), "--trainer.max_epochs=2", "--model.lr=0.5", "--data.batch_size=64",
-                "--model.milestones=[1]", "--output_dir", str(tmp_path), "--run_name", "linear", *FAST_RUN])
+    cli = main(
+        [
+            "linear",
+            str(checkpoint),
+            "--trainer.max_epochs=2",
+            "--model.lr=0.5",
+            "--data.batch_size=64",
+            "--model.milestones=[1]",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "linear",
+            *FAST_RUN,
+        ]
+    )
     metrics = cli.metrics
     assert 0.3 < metrics["linear/top1"] <= metrics["linear/top5"] <= 1.0
     assert "linear top-1" in capsys.readouterr().out
@@ -86,8 +120,15 @@ def test_linear_runs_are_keyed_by_the_evaluated_checkpoint(checkpoint, tmp_path,
     state["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
     torch.save(state, other)
     shutil.copy(checkpoint, tmp_path / "first.ckpt")
-    args = ["--trainer.max_epochs=1", "--data.batch_size=64", "--output_dir", str(tmp_path / "runs"),
-            "--run_name", "linear", *FAST_RUN]
+    args = [
+        "--trainer.max_epochs=1",
+        "--data.batch_size=64",
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "linear",
+        *FAST_RUN,
+    ]
     main(["linear", str(tmp_path / "first.ckpt"), *args])
     capsys.readouterr()
     main(["linear", str(other), *args])
@@ -108,8 +149,13 @@ def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):
     features, _ = extract_features(backbone, data.knn_dataloaders()[0])  # kNN and spectrum extraction
     spectrum_summary(features)
     model = LinearClassifier(str(checkpoint))
-    Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            default_root_dir=str(tmp_path)).fit(model, datamodule=LinearEvaluationData(data))
+    Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    ).fit(model, datamodule=LinearEvaluationData(data))
     after_linear = model.backbone.state_dict()
     for name, value in before.items():
         assert torch.equal(backbone.state_dict()[name], value), name
@@ -118,14 +164,32 @@ def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):
 
 
 def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
-    write_cifar(tmp_path / "cifar", per_batch=8)
-    results = main(["knn", str(checkpoint), "--data=spectral_ssl.data.CIFARDataModule",
-                    f"--data.root={tmp_path / 'cifar'}", "--data.num_workers=0", "--k=[5]"])
+    write_cifar_folder(tmp_path / "cifar", train_images=40, test_images=8)
+    results = main(
+        [
+            "knn",
+            str(checkpoint),
+            "--data=spectral_ssl.data.CIFARDataModule",
+            f"--data.root={tmp_path / 'cifar'}",
+            "--data.num_workers=0",
+            "--k=[5]",
+        ]
+    )
     assert set(results) == {"weighted k=5 T=0.07", "5-NN L2 (INTL)"}
     write_image_folder(tmp_path / "folder")
-    top1 = main(["linear", str(checkpoint), "--fast", "--epochs=5", "--data=spectral_ssl.data.ImageFolderDataModule",
-                 f"--data.root={tmp_path / 'folder'}", "--data.image_size=32", "--data.eval_resize=32",
-                 "--data.num_workers=0"])
+    top1 = main(
+        [
+            "linear",
+            str(checkpoint),
+            "--fast",
+            "--epochs=5",
+            "--data=spectral_ssl.data.ImageFolderDataModule",
+            f"--data.root={tmp_path / 'folder'}",
+            "--data.image_size=32",
+            "--data.eval_resize=32",
+            "--data.num_workers=0",
+        ]
+    )
     assert 0.0 <= top1 <= 1.0
 
 
@@ -140,14 +204,29 @@ def test_linear_configs_run(checkpoint, tmp_path, name):
     config = ROOT / "configs" / "linear" / f"{name}.yaml"
     root = tmp_path / "data"
     if "cifar" in name:
-        write_cifar(root, int(name[5:]), per_batch=4)
+        write_cifar_folder(root, 4 * (5 if int(name[5:]) == 10 else 1), 4, num_classes=int(name[5:]))
     elif "imagenet" in name:
         write_image_folder(root, corrupt=False)
     data_root = [] if name == "digits" else [f"--data.init_args.root={root}", "--data.init_args.num_workers=0"]
-    cli = main(["linear", str(checkpoint), "--config", str(config), *data_root, "--data.init_args.batch_size=4",
-                "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
-                "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
-                "--trainer.max_steps=1", "--output_dir", str(tmp_path), *FAST_RUN])
+    cli = main(
+        [
+            "linear",
+            str(checkpoint),
+            "--config",
+            str(config),
+            *data_root,
+            "--data.init_args.batch_size=4",
+            "--trainer.devices=1",
+            "--trainer.strategy=auto",
+            "--trainer.precision=32-true",
+            "--trainer.accelerator=cpu",
+            "--trainer.max_epochs=1",
+            "--trainer.max_steps=1",
+            "--output_dir",
+            str(tmp_path),
+            *FAST_RUN,
+        ]
+    )
     assert cli.trainer.global_step == 1 and 0.0 <= cli.metrics["linear/top1"] <= 1.0
 
 
@@ -165,7 +244,8 @@ def test_console_command_exits_zero_and_prints_only_its_report(checkpoint):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "spectral_ssl", "knn", str(checkpoint), "--k=[20]"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "spectral_ssl", "knn", str(checkpoint), "--k=[20]"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "5-NN L2 (INTL)" in result.stdout and "{" not in result.stdout  # no returned dict echoed

@@ -5,14 +5,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
-    result = subprocess.run([hadolint, "--config", str(ROOT / "docker" / ".hadolint.yaml"), str(DOCKERFILE)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [hadolint, "--config", str(ROOT / "docker" / ".hadolint.yaml"), str(DOCKERFILE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -38,19 +38,26 @@ def test_warmup_then_cosine_to_min_ratio():
         optimizer.step()
         scheduler.step()
     expected = [(t + 1) / warmup for t in range(warmup)]
-    expected += [ratio + (1 - ratio) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
-                 for t in range(warmup, total)]
+    expected += [
+        ratio + (1 - ratio) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+        for t in range(warmup, total)
+    ]
     assert lrs == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_loaded_schedule_continues_at_the_same_epoch_on_the_new_plan():
     """The checkpointed schedule is a position (step, steps per epoch): resumed with another peak
     lr, length and steps per epoch, it continues at the same point of training on the new plan."""
+
     def schedule(lr, steps_per_epoch, epochs):
         optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=lr)
-        return optimizer, WarmupCosine(optimizer, warmup_steps=2 * steps_per_epoch,
-                                       total_steps=epochs * steps_per_epoch, min_lr_ratio=0.01,
-                                       steps_per_epoch=steps_per_epoch)
+        return optimizer, WarmupCosine(
+            optimizer,
+            warmup_steps=2 * steps_per_epoch,
+            total_steps=epochs * steps_per_epoch,
+            min_lr_ratio=0.01,
+            steps_per_epoch=steps_per_epoch,
+        )
 
     optimizer, before = schedule(1.0, 10, epochs=10)
     for _ in range(30):  # 3 epochs of 10 steps

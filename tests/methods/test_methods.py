@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from spectral_ssl.cli import pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = {
     "INTL": [],
     # switching --model keeps same-named init_args of the config (INTL's axis=0, eps=0): set them
@@ -15,8 +15,12 @@ METHODS = {
     "BarlowTwins": [],
     "VICReg": [],
     "SimCLR": ["--model.temperature=0.2"],
-    "WMSE": ["--model.projector_dims=[64,16]", "--model.w_size=32", "--model.optimizer.name=adam",
-             "--model.optimizer.lr=0.002"],
+    "WMSE": [
+        "--model.projector_dims=[64,16]",
+        "--model.w_size=32",
+        "--model.optimizer.name=adam",
+        "--model.optimizer.lr=0.002",
+    ],
     "BYOL": ["--model.projector_dims=[64,32]", "--model.predictor_hidden_dims=[64]"],
     "INTL-momentum-multicrop": ["--model=spectral_ssl.methods.INTL", "--model.momentum=0.99", "--data.num_views=4"],
 }
@@ -24,10 +28,24 @@ METHODS = {
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_pretrains_and_its_loss_decreases(tmp_path, method):
-    pretrain(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path), "--run_name", method,
-              f"--model=spectral_ssl.methods.{method.split('-')[0]}", "--model.backbone.width=8",
-              "--model.projector_dims=[64,64]", "--data.batch_size=64", "--trainer.max_epochs=2",
-              "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1", *METHODS[method]])
+    pretrain(
+        [
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            method,
+            f"--model=spectral_ssl.methods.{method.split('-')[0]}",
+            "--model.backbone.width=8",
+            "--model.projector_dims=[64,64]",
+            "--data.batch_size=64",
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=1",
+            *METHODS[method],
+        ]
+    )
     events = EventAccumulator(str(tmp_path / method))
     events.Reload()
     losses = [e.value for e in events.Scalars("train/loss")]

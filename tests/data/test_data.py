@@ -9,12 +9,13 @@ from spectral_ssl.data import Augmentation, DigitsDataModule, MultiView, SeededE
 def test_digits_split_is_fixed_stratified_and_disjoint():
     a, b = DigitsDataModule(), DigitsDataModule()
     a.setup(), b.setup()
-    assert len(a.train_images) == 1437 and len(a.test_images) == 360
-    assert torch.equal(a.test_images, b.test_images)
-    assert a.train_images.dtype == torch.uint8 and a.train_images.shape[1:] == (3, 16, 16)
-    assert torch.bincount(a.test_labels).min() >= 35  # every class held out (stratified)
-    train_rows = {tuple(x.flatten().tolist()) for x in a.train_images}
-    duplicates = sum(tuple(x.flatten().tolist()) in train_rows for x in a.test_images)
+    (train_images, _), (test_images, test_labels) = a.splits["train"], a.splits["test"]
+    assert len(train_images) == 1437 and len(test_images) == 360
+    assert torch.equal(test_images, b.splits["test"][0]) and torch.equal(test_labels, b.labels("test"))
+    assert train_images.dtype == torch.uint8 and train_images.shape[1:] == (3, 16, 16)
+    assert torch.bincount(test_labels).min() >= 35  # every class held out (stratified)
+    train_rows = {tuple(x.flatten().tolist()) for x in train_images}
+    duplicates = sum(tuple(x.flatten().tolist()) in train_rows for x in test_images)
     assert duplicates < 5  # disjoint up to identical-looking digits in the raw data
 
 

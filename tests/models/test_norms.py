@@ -73,7 +73,7 @@ def test_iternorm_whitens_groups_in_training_and_uses_running_statistics_in_eval
     layer = IterNorm2d(16, group_size=8, iters=8, eps=1e-5, momentum=1.0)
     out = layer(x)
     for g in range(2):
-        feats = out[:, 8 * g: 8 * g + 8].transpose(0, 1).reshape(8, -1)
+        feats = out[:, 8 * g : 8 * g + 8].transpose(0, 1).reshape(8, -1)
         cov = torch.cov(feats, correction=0)
         torch.testing.assert_close(cov, torch.eye(8), atol=5e-3, rtol=0)
     # momentum 1: running statistics are exactly this batch's, so eval reproduces training output

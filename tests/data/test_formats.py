@@ -8,28 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from spectral_ssl.data import (Augmentation, CIFARDataModule, ImageFolderDataModule, STL10DataModule, UnreadableImageError)
-
-
-def write_cifar(root, num_classes=10, per_batch=6):
-    rng = np.random.default_rng(0)
-    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if num_classes == 10 else ["train", "test"]
-    key = "labels" if num_classes == 10 else "fine_labels"
-    written = {}
-    for name in names:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, num_classes, per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, key: labels, "filenames": ["x.png"] * per_batch}, f)
-        written[name] = (data, labels)
-    return written
+from spectral_ssl.data import (
+    Augmentation,
+    CIFARDataModule,
+    ImageFolderDataModule,
+    STL10DataModule,
+    UnreadableImageError,
+)
+from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])
 def test_cifar_reads_torchvisions_python_folder(tmp_path, num_classes):
-    written = write_cifar(tmp_path, num_classes)
+    written = write_cifar_folder(tmp_path, 6 * (5 if num_classes == 10 else 1), 6, num_classes=num_classes)
     data = CIFARDataModule(root=str(tmp_path), num_classes=num_classes, num_workers=0, batch_size=4)
     train = data.dataset("train", None)
     first = "data_batch_1" if num_classes == 10 else "train"
@@ -66,23 +57,11 @@ def test_stl10_reads_the_column_major_binaries(tmp_path):
     assert len(data.dataset("test", None)) == 3
 
 
-def write_image_folder(root, corrupt=True, per_class=3, size=(40, 48), classes=("cat", "dog")):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in classes:
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
-    if corrupt:
-        (root / "train" / "dog" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-
-
 def test_image_folder_reads_jpegs_and_skips_a_corrupt_one(tmp_path, caplog):
     write_image_folder(tmp_path)
-    data = ImageFolderDataModule(root=str(tmp_path), image_size=32, eval_resize=36, num_workers=0, batch_size=7,
-                                 augment=Augmentation(size=32))
+    data = ImageFolderDataModule(
+        root=str(tmp_path), image_size=32, eval_resize=36, num_workers=0, batch_size=7, augment=Augmentation(size=32)
+    )
     data.setup()
     assert data.class_names == ["cat", "dog"] and len(data.samples["train"]) == 7 and len(data.samples["test"]) == 6
     image, label = data.dataset("test", None)[3]
@@ -141,8 +120,9 @@ def test_image_index_is_built_once_and_rebuilt_when_a_class_folder_changes(tmp_p
     again = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
     again.setup()
     assert scans == [] and [again.samples["train"][i] for i in range(6)] == [data.samples["train"][i] for i in range(6)]
-    (tmp_path / "data" / "train" / "dog" / "new.JPEG").write_bytes((tmp_path / "data" / "train" / "dog" / "0.JPEG")
-                                                                     .read_bytes())
+    (tmp_path / "data" / "train" / "dog" / "new.JPEG").write_bytes(
+        (tmp_path / "data" / "train" / "dog" / "0.JPEG").read_bytes()
+    )
     third = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
     third.setup()
     assert len(scans) == 1 and len(third.samples["train"]) == 7
@@ -159,7 +139,7 @@ class _Payload:
 
 
 def test_a_malicious_cifar_batch_runs_no_code(tmp_path):
-    write_cifar(tmp_path, 10)
+    write_cifar_folder(tmp_path, train_images=30, test_images=6)
     marker = tmp_path / "pwned"
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
         pickle.dump({"data": np.zeros((6, 3072), np.uint8), "labels": [0] * 6, "x": _Payload(marker)}, f)
@@ -168,10 +148,11 @@ def test_a_malicious_cifar_batch_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", "data_batch_1"), ("labels", "6 images but 5 labels"), ("shape", "not N x 3072")])
+@pytest.mark.parametrize(
+    "damage, message", [("truncate", "data_batch_1"), ("labels", "6 images but 5 labels"), ("shape", "not N x 3072")]
+)
 def test_a_damaged_cifar_batch_names_the_file_and_the_layout(tmp_path, damage, message):
-    write_cifar(tmp_path, 10)
+    write_cifar_folder(tmp_path, train_images=30, test_images=6)
     path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:500])

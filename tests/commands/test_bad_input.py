@@ -10,39 +10,53 @@ from PIL import Image
 
 from spectral_ssl.cli import main
 from spectral_ssl.data import ImageFolderDataModule
-from test_formats import write_image_folder
-from test_pretrain import TINY
+from spectral_ssl.data.synthetic import write_image_folder
 
-ONE_STEP = [*TINY, "--trainer.max_steps=1", "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0"]
+
+@pytest.fixture(scope="module")
+def one_step(tiny):
+    return [*tiny, "--trainer.max_steps=1", "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0"]
 
 
 @pytest.mark.parametrize("flag", ["--trainer.max_epoch=3", "--run_n=x", "--res=false"])
-def test_option_abbreviations_are_refused(flag, tmp_path, capsys):
+def test_option_abbreviations_are_refused(flag, tmp_path, capsys, one_step):
     with pytest.raises(SystemExit) as exit:
-        main(["pretrain", *ONE_STEP, "--output_dir", str(tmp_path), flag])
+        main(["pretrain", *one_step, "--output_dir", str(tmp_path), flag])
     assert exit.value.code == 2 and flag.split("=")[0][2:] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("batch, message", [
-    (2000, r"data.batch_size=2000 is larger than the 1437 training images"),
-    (1, r"data.batch_size=1: the projector's BatchNorm and the whitening need at least 2")])
-def test_a_batch_size_that_cannot_train_is_refused_before_training(batch, message, tmp_path):
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (2000, r"data.batch_size=2000 is larger than the 1437 training images"),
+        (1, r"data.batch_size=1: the projector's BatchNorm and the whitening need at least 2"),
+    ],
+)
+def test_a_batch_size_that_cannot_train_is_refused_before_training(batch, message, tmp_path, one_step):
     with pytest.raises(SystemExit, match=f"error: {message}"):
-        main(["pretrain", *ONE_STEP, "--output_dir", str(tmp_path), f"--data.batch_size={batch}"])
+        main(["pretrain", *one_step, "--output_dir", str(tmp_path), f"--data.batch_size={batch}"])
     assert not list(tmp_path.glob("**/*.ckpt"))
 
 
 def test_too_few_classes_for_the_labels_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"10 classes but model.num_classes=5: set --model.num_classes=10"):
-        main(["supervised", "--config", "configs/supervised_digits.yaml", "--model.backbone.width=4",
-              "--trainer.max_steps=1", "--trainer.enable_progress_bar=false", "--model.num_classes=5",
-              "--output_dir", str(tmp_path)])
+        main(
+            [
+                "supervised",
+                "--config",
+                "configs/supervised_digits.yaml",
+                "--model.backbone.width=4",
+                "--trainer.max_steps=1",
+                "--trainer.enable_progress_bar=false",
+                "--model.num_classes=5",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from test_pretrain import pretrain
-
+def checkpoint(tmp_path_factory, pretrain):
     run = pretrain(tmp_path_factory.mktemp("run"), "--trainer.max_steps=1", "--knn.every_n_epochs=0")
     return run / "checkpoints" / "last.ckpt"
 
@@ -53,7 +67,7 @@ def test_evaluating_non_finite_weights_is_refused(checkpoint, tmp_path):
     state["state_dict"][name][0] = float("nan")
     broken = tmp_path / "diverged.ckpt"
     torch.save(state, broken)
-    with pytest.raises(SystemExit, match=rf"diverged.ckpt: {name[len('backbone.'):]} holds NaN"):
+    with pytest.raises(SystemExit, match=rf"diverged.ckpt: {name[len('backbone.') :]} holds NaN"):
         main(["knn", str(broken), "--k=[5]"])
 
 
@@ -71,7 +85,8 @@ def test_a_16_bit_png_is_scaled_to_8_bits(tmp_path):
     data = ImageFolderDataModule(root=str(tmp_path), num_workers=0)
     data.setup()
     index = [data.samples["test"][i][0] for i in range(len(data.samples["test"]))].index(
-        str(tmp_path / "val" / "cat" / "deep.png"))
+        str(tmp_path / "val" / "cat" / "deep.png")
+    )
     image, _ = data.dataset("test", None)[index]
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
     assert image[:, 0, 8].tolist() == [100] * 3 and image[:, 8, 0].tolist() == [255] * 3

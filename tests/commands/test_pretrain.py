@@ -14,17 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from spectral_ssl.cli import main
 from spectral_ssl.methods import INTL
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config", str(ROOT / "configs" / "quickstart.yaml"),
-    "--model.backbone.width=8", "--model.projector_dims=[64,64]", "--data.batch_size=64",
-    "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
-]
-
-
-def pretrain(tmp_path, *args):
-    main(["pretrain", *TINY, "--output_dir", str(tmp_path), "--run_name", "tiny", *args])
-    return tmp_path / "tiny"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scalars(run_dir, tag):
@@ -33,7 +23,7 @@ def scalars(run_dir, tag):
     return [e.value for e in events.Scalars(tag)]
 
 
-def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys):
+def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys, pretrain):
     run = pretrain(tmp_path, "--trainer.max_epochs=3")
     losses = scalars(run, "train/loss")
     assert len(losses) == 3 * (1437 // 64)
@@ -54,7 +44,7 @@ def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys):
     assert (run / "config.yaml").exists()
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
     """SIGKILL a real run mid-training, run the same command again: the result equals an
     uninterrupted run bit for bit (the view stream depends only on seed and epoch). Loader workers
     on: their prefetching once drew the resumed epoch in epoch 0's order."""
@@ -62,8 +52,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *TINY,
-               "--trainer.max_epochs=3", "--data.num_workers=2", "--output_dir", str(out), "--run_name", "tiny"]
+    command = [
+        sys.executable,
+        "-c",
+        "from spectral_ssl.cli import main; main()",
+        "pretrain",
+        *tiny,
+        "--trainer.max_epochs=3",
+        "--data.num_workers=2",
+        "--output_dir",
+        str(out),
+        "--run_name",
+        "tiny",
+    ]
     last = out / "tiny" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from spectral_ssl.cli import pretrain
-from test_formats import write_cifar, write_image_folder
+from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 PRETRAINING = [c for c in CONFIGS if c.parent.name != "linear"]
 
@@ -28,8 +28,8 @@ def test_configs_are_what_the_generator_writes():
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    write_cifar(root / "cifar10", 10, per_batch=4)
-    write_cifar(root / "cifar100", 100, per_batch=20)
+    write_cifar_folder(root / "cifar10", train_images=20, test_images=4)
+    write_cifar_folder(root / "cifar100", train_images=20, test_images=20, num_classes=100)
     write_image_folder(root / "folder", corrupt=False, per_class=6)
     return root
 
@@ -37,12 +37,23 @@ def datasets(tmp_path_factory):
 def tiny_overrides(config: dict, data_root: Path) -> list[str]:
     model = config["model"]["init_args"]
     method = config["model"]["class_path"].rsplit(".", 1)[1]
-    args = ["--model.init_args.backbone.width=4", "--data.init_args.num_workers=0", "--trainer.devices=1",
-            "--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.precision=32-true",
-            "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.max_steps=1",
-            "--trainer.enable_progress_bar=false", "--knn.every_n_epochs=1", "--spectrum.every_n_epochs=1",
-            "--online_probe.every_n_epochs=1", "--knn.k=5",
-            "--data.init_args.batch_size=12"]
+    args = [
+        "--model.init_args.backbone.width=4",
+        "--data.init_args.num_workers=0",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.sync_batchnorm=false",
+        "--trainer.precision=32-true",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=1",
+        "--trainer.max_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--knn.every_n_epochs=1",
+        "--spectrum.every_n_epochs=1",
+        "--online_probe.every_n_epochs=1",
+        "--knn.k=5",
+        "--data.init_args.batch_size=12",
+    ]
     dims = [16] * (len(model["projector_dims"]) - 1) + [8 if method == "WMSE" else 16]
     args.append(f"--model.init_args.projector_dims={dims}")
     if method == "WMSE":
@@ -59,8 +70,9 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("config", PRETRAINING + [ROOT / "configs" / "quickstart.yaml"],
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "config", PRETRAINING + [ROOT / "configs" / "quickstart.yaml"], ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_every_config_states_its_monitor_budgets(config):
     parsed = yaml.safe_load(config.read_text())
     assert parsed["knn"]["max_bank"] >= 1 and parsed["knn"]["max_queries"] >= 1
@@ -78,8 +90,17 @@ def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, 
     config = ROOT / "configs" / f"{name}.yaml"
     parsed = yaml.safe_load(config.read_text())
     write_image_folder(tmp_path / "tree", corrupt=False, per_class=8, size=(375, 500), classes=("a", "b", "c"))
-    cli = pretrain(["--config", str(config), *tiny_overrides(parsed, tmp_path / "tree"), "--trainer.max_steps=2",
-                    "--data.init_args.batch_size=8", "--output_dir", str(tmp_path)])
+    cli = pretrain(
+        [
+            "--config",
+            str(config),
+            *tiny_overrides(parsed, tmp_path / "tree"),
+            "--trainer.max_steps=2",
+            "--data.init_args.batch_size=8",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert cli.trainer.global_step == 2
     knn = next(c for c in cli.trainer.callbacks if type(c).__name__ == "KNNMonitor")
     assert set(knn.results) == {"raw pixels", "random init", "trained"} and knn.sizes == (24, 24)

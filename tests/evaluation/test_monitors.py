@@ -5,22 +5,35 @@ import torch
 
 import spectral_ssl.evaluation.monitor as monitor
 from spectral_ssl.cli import pretrain
+from spectral_ssl.data.synthetic import write_cifar_folder
 from spectral_ssl.evaluation import KNNMonitor, SpectrumMonitor
-from test_formats import write_cifar
 
 EXTRACTORS = {"extract_shard": monitor.extract_shard, "extract_features": monitor.extract_features}
-RUN = ["--data=spectral_ssl.data.CIFARDataModule", "--data.num_workers=0", "--data.batch_size=16",
-       "--model.backbone.width=4", "--model.backbone.cifar_stem=true", "--model.projector_dims=[16,16]",
-       "--trainer.max_epochs=1", "--trainer.max_steps=1", "--trainer.accelerator=cpu",
-       "--trainer.enable_progress_bar=false", "--knn.every_n_epochs=1", "--knn.max_bank=40", "--knn.max_queries=12",
-       "--spectrum.every_n_epochs=1", "--spectrum.max_images=16", "--online_probe.max_images=8"]
+RUN = [
+    "--data=spectral_ssl.data.CIFARDataModule",
+    "--data.num_workers=0",
+    "--data.batch_size=16",
+    "--model.backbone.width=4",
+    "--model.backbone.cifar_stem=true",
+    "--model.projector_dims=[16,16]",
+    "--trainer.max_epochs=1",
+    "--trainer.max_steps=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--knn.every_n_epochs=1",
+    "--knn.max_bank=40",
+    "--knn.max_queries=12",
+    "--spectrum.every_n_epochs=1",
+    "--spectrum.max_images=16",
+    "--online_probe.max_images=8",
+]
 
 
 def run_counting_rows(tmp_path, monkeypatch, per_batch, *extra):
     """Pretrains one step on CIFAR files of 6 x per_batch images; returns the CLI and the number
     of rows of every extraction the monitors made."""
     root = tmp_path / f"cifar{per_batch}"
-    write_cifar(root, 10, per_batch=per_batch)
+    write_cifar_folder(root, 5 * per_batch, per_batch)
     rows = []
 
     def counting(extract):
@@ -28,12 +41,14 @@ def run_counting_rows(tmp_path, monkeypatch, per_batch, *extra):
             result = extract(*args, **kwargs)
             rows.append(len(result[0]))
             return result
+
         return wrapper
 
     for name, extract in EXTRACTORS.items():
         monkeypatch.setattr(monitor, name, counting(extract))
-    cli = pretrain([*RUN, f"--data.root={root}", "--output_dir", str(tmp_path / "runs"), "--run_name",
-                    str(per_batch), *extra])
+    cli = pretrain(
+        [*RUN, f"--data.root={root}", "--output_dir", str(tmp_path / "runs"), "--run_name", str(per_batch), *extra]
+    )
     return cli, rows
 
 
@@ -49,8 +64,14 @@ def test_bank_and_queries_stay_within_budget_whatever_the_dataset_size(tmp_path,
 
 
 def test_every_n_epochs_zero_turns_each_monitor_off(tmp_path, monkeypatch):
-    cli, rows = run_counting_rows(tmp_path, monkeypatch, 30, "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0",
-                                  "--online_probe.every_n_epochs=0")
+    cli, rows = run_counting_rows(
+        tmp_path,
+        monkeypatch,
+        30,
+        "--knn.every_n_epochs=0",
+        "--spectrum.every_n_epochs=0",
+        "--online_probe.every_n_epochs=0",
+    )
     assert rows == [] and cli.trainer.global_step == 1
     knn = next(c for c in cli.trainer.callbacks if isinstance(c, KNNMonitor))
     assert knn.summary() == "kNN monitor off (knn.every_n_epochs=0)"

@@ -16,39 +16,52 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from spectral_ssl.cli import main
 from spectral_ssl.runs import AtomicCheckpointIO, newest_intact_checkpoint
-from test_pretrain import TINY
 
 MARKER = None  # the file a malicious pickle would create
-RUN = [*TINY, "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--run_name", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def run_args(tiny):
+    """The tiny run without the kNN and spectrum monitors, named ``tiny``."""
+    return [*tiny, "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--run_name", "tiny"]
 
 
 def epochs_of(path):
     return torch.load(path, weights_only=True)["epoch"]
 
 
-def test_the_same_run_given_relative_then_absolute_resumes_into_one_last_checkpoint(tmp_path, monkeypatch):
+def test_the_same_run_given_relative_then_absolute_resumes_into_one_last_checkpoint(tmp_path, monkeypatch, run_args):
     monkeypatch.chdir(tmp_path)
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", "runs"])
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path / "runs")])
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", "runs"])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path / "runs")])
     folder = tmp_path / "runs" / "tiny" / "checkpoints"
     assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt
     assert epochs_of(folder / "last.ckpt") == 1
 
 
-def test_starting_over_in_a_folder_that_holds_a_run_is_refused_or_moves_it_aside(tmp_path):
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
+def test_starting_over_in_a_folder_that_holds_a_run_is_refused_or_moves_it_aside(tmp_path, run_args):
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
     before = (tmp_path / "tiny" / "checkpoints" / "last.ckpt").read_bytes()
     with pytest.raises(SystemExit, match=r"already holds a run .* new --run_name, or add --overwrite=true"):
-        main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--resume=false"])
+        main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--resume=false"])
     assert (tmp_path / "tiny" / "checkpoints" / "last.ckpt").read_bytes() == before  # untouched
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--resume=false",
-          "--overwrite=true"])
+    main(
+        [
+            "pretrain",
+            *run_args,
+            "--trainer.max_epochs=1",
+            "--output_dir",
+            str(tmp_path),
+            "--resume=false",
+            "--overwrite=true",
+        ]
+    )
     moved = list(tmp_path.glob("tiny.replaced-*"))
     assert len(moved) == 1 and (moved[0] / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
-def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, capsys):
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--checkpoint.save_top_k=-1", "--output_dir", str(tmp_path)])
+def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(tmp_path, capsys, run_args):
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--checkpoint.save_top_k=-1", "--output_dir", str(tmp_path)])
     folder = tmp_path / "tiny" / "checkpoints"
     last = folder / "last.ckpt"
     assert last.is_symlink() and last.resolve().name.startswith("epoch=1-")  # a link, not a second copy
@@ -57,17 +70,17 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_resumed(
     (intact,) = folder.glob("epoch=0-*.ckpt")
     (folder / ".epoch=1-step=44.ckpt.tmp-999").write_bytes(b"half a write")
     assert newest_intact_checkpoint(list(folder.glob("*.ckpt")))[0] == intact
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert f"{last} is damaged" in err and f"{newest} is damaged" in err and f"Resuming from {intact}" in err
     assert "tmp-999, a checkpoint write that was interrupted" in err
     assert epochs_of(last) == 1 and not list(folder.glob(".*tmp-*"))
 
 
-def test_a_moved_run_folder_continues_as_the_same_run(tmp_path):
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path / "old")])
+def test_a_moved_run_folder_continues_as_the_same_run(tmp_path, run_args):
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path / "old")])
     shutil.move(tmp_path / "old", tmp_path / "new")  # last.ckpt is a relative link: it moves with the folder
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path / "new")])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path / "new")])
     assert epochs_of(tmp_path / "new" / "tiny" / "checkpoints" / "last.ckpt") == 1
 
 
@@ -76,7 +89,7 @@ class _Payload:
         return os.system, (f"touch {MARKER}",)
 
 
-def test_a_malicious_checkpoint_is_never_unpickled(tmp_path, monkeypatch, capsys):
+def test_a_malicious_checkpoint_is_never_unpickled(tmp_path, monkeypatch, capsys, run_args):
     """A checkpoint holding a pickled callable (here: one that would create a file) is refused as
     ``--ckpt_path`` and passed over on automatic resume; its code never runs."""
     global MARKER
@@ -84,13 +97,13 @@ def test_a_malicious_checkpoint_is_never_unpickled(tmp_path, monkeypatch, capsys
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "x": _Payload()}, evil)
     with pytest.raises(SystemExit, match=r"error: --ckpt_path=.*evil\.ckpt: UnpicklingError"):
-        main(["pretrain", *RUN, "--output_dir", str(tmp_path), f"--ckpt_path={evil}"])
+        main(["pretrain", *run_args, "--output_dir", str(tmp_path), f"--ckpt_path={evil}"])
     folder = tmp_path / "tiny" / "checkpoints"
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
     shutil.copy(evil, folder / "hpc_ckpt_9.ckpt")
     shutil.copy(evil, tmp_path / "tiny" / "hpc_ckpt_9.ckpt")  # newer than last.ckpt
     capsys.readouterr()
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
     assert "hpc_ckpt_9.ckpt is damaged (UnpicklingError" in capsys.readouterr().err
     assert not MARKER.exists() and epochs_of(folder / "last.ckpt") == 1
 
@@ -100,8 +113,10 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(t
     checkpoint (or none), never part of the new one; only the temporary file is partial."""
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
-    script = ("import torch, sys; from spectral_ssl.runs import AtomicCheckpointIO; "
-              "AtomicCheckpointIO().save_checkpoint({'state_dict': {'w': torch.ones(2**26)}}, sys.argv[1])")
+    script = (
+        "import torch, sys; from spectral_ssl.runs import AtomicCheckpointIO; "
+        "AtomicCheckpointIO().save_checkpoint({'state_dict': {'w': torch.ones(2**26)}}, sys.argv[1])"
+    )
     process = subprocess.Popen([sys.executable, "-c", script, str(target)])
     deadline = time.time() + 120
     while not list(tmp_path.glob(".last.ckpt.tmp-*")) and time.time() < deadline:
@@ -113,61 +128,128 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(t
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.zeros(3))
 
 
-def test_resuming_with_changed_settings_refuses_before_touching_anything_or_applies_and_states(tmp_path, capsys):
+def test_resuming_with_changed_settings_refuses_before_touching_anything_or_applies_and_states(
+    tmp_path, capsys, run_args
+):
     """A key that defines the run (width) is refused, naming it, with config.yaml and checkpoints
     untouched; max_epochs and the learning rate are applied: the resumed epoch's learning rates
     are those of a run planned that way from the start (x 0.5 for half the lr)."""
+
     def lrs(name):
         events = EventAccumulator(str(tmp_path / name))
         events.Reload()
         return [e.value for e in events.Scalars("train/lr")][-steps_per_epoch:]
 
     steps_per_epoch = 1437 // 64
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "straight"])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "straight"])
     for name in ("same_lr", "half_lr"):
-        main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", name])
+        main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", name])
     run = tmp_path / "same_lr"
     before = {p: p.read_bytes() for p in [run / "config.yaml", *(run / "checkpoints").iterdir()]}
     capsys.readouterr()
-    with pytest.raises(SystemExit, match=r"error: .*other settings .*model\.backbone\.width: 8 -> 16\. These cannot "
-                                         r"change within a run: drop them to resume it, or give a new --run_name"):
-        main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "same_lr",
-              "--model.backbone.width=16"])
+    with pytest.raises(
+        SystemExit,
+        match=r"error: .*other settings .*model\.backbone\.width: 8 -> 16\. These cannot "
+        r"change within a run: drop them to resume it, or give a new --run_name",
+    ):
+        main(
+            [
+                "pretrain",
+                *run_args,
+                "--trainer.max_epochs=2",
+                "--output_dir",
+                str(tmp_path),
+                "--run_name",
+                "same_lr",
+                "--model.backbone.width=16",
+            ]
+        )
     assert {p: p.read_bytes() for p in before} == before
 
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "same_lr"])
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "same_lr"])
     assert "applied from here on: trainer.max_epochs: 1 -> 2" in capsys.readouterr().err
     lr = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["optimizer"]["lr"]
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "half_lr",
-          f"--model.optimizer.lr={lr / 2}"])
+    main(
+        [
+            "pretrain",
+            *run_args,
+            "--trainer.max_epochs=2",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "half_lr",
+            f"--model.optimizer.lr={lr / 2}",
+        ]
+    )
     assert f"model.optimizer.lr: {lr} -> {lr / 2}" in capsys.readouterr().err
     assert lrs("same_lr") == pytest.approx(lrs("straight"), rel=1e-6)
     assert lrs("half_lr") == pytest.approx([v / 2 for v in lrs("straight")], rel=1e-6)
     assert yaml.safe_load((tmp_path / "half_lr" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
 
     # another per-device batch from an end-of-epoch checkpoint: epoch 3 runs 1437 // 32 steps on the re-planned schedule
-    main(["pretrain", *RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path), "--run_name", "straight",
-          "--data.batch_size=32"])
+    main(
+        [
+            "pretrain",
+            *run_args,
+            "--trainer.max_epochs=3",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "straight",
+            "--data.batch_size=32",
+        ]
+    )
     assert "data.batch_size: 64 -> 32" in capsys.readouterr().err
     resumed = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 2 * steps_per_epoch + 1437 // 32
     assert resumed["lr_schedulers"][0] == {"step": 2 * (1437 // 32) + 1437 // 32, "steps_per_epoch": 1437 // 32}
 
 
-def test_ckpt_path_chooses_the_checkpoint_like_lightning(tmp_path, capsys):
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", "first"])
+def test_ckpt_path_chooses_the_checkpoint_like_lightning(tmp_path, capsys, run_args):
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path), "--run_name", "first"])
     first = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path), "--run_name", "second",
-          f"--ckpt_path={first}"])  # continues another folder's checkpoint into this one
+    main(
+        [
+            "pretrain",
+            *run_args,
+            "--trainer.max_epochs=2",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "second",
+            f"--ckpt_path={first}",
+        ]
+    )  # continues another folder's checkpoint into this one
     assert f"Resuming from {first.resolve()}" in capsys.readouterr().err
     assert epochs_of(tmp_path / "second" / "checkpoints" / "last.ckpt") == 1
     with pytest.raises(SystemExit, match=r"error: no intact checkpoint named hpc_ckpt_N\.ckpt in .*second"):
-        main(["pretrain", *RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path), "--run_name", "second",
-              "--ckpt_path=hpc"])
+        main(
+            [
+                "pretrain",
+                *run_args,
+                "--trainer.max_epochs=3",
+                "--output_dir",
+                str(tmp_path),
+                "--run_name",
+                "second",
+                "--ckpt_path=hpc",
+            ]
+        )
     with pytest.raises(SystemExit, match=r"error: --ckpt_path=missing\.ckpt: no such file"):
-        main(["pretrain", *RUN, "--output_dir", str(tmp_path), "--run_name", "second", "--ckpt_path=missing.ckpt"])
+        main(["pretrain", *run_args, "--output_dir", str(tmp_path), "--run_name", "second", "--ckpt_path=missing.ckpt"])
     with pytest.raises(SystemExit, match=r"--ckpt_path resumes a run; drop it or --resume=false"):
-        main(["pretrain", *RUN, "--output_dir", str(tmp_path), "--run_name", "x", "--ckpt_path=last", "--resume=false"])
+        main(
+            [
+                "pretrain",
+                *run_args,
+                "--output_dir",
+                str(tmp_path),
+                "--run_name",
+                "x",
+                "--ckpt_path=last",
+                "--resume=false",
+            ]
+        )
 
 
 def test_checkpoint_writes_are_atomic_and_a_failed_write_stops_the_run(tmp_path):
@@ -178,12 +260,15 @@ def test_checkpoint_writes_are_atomic_and_a_failed_write_stops_the_run(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
-def test_a_mid_epoch_checkpoint_refuses_another_batch_layout_before_touching_the_run(tmp_path):
-    args = [*RUN, "--trainer.max_steps=5", "--checkpoint.every_n_train_steps=5", "--output_dir", str(tmp_path)]
+def test_a_mid_epoch_checkpoint_refuses_another_batch_layout_before_touching_the_run(tmp_path, run_args):
+    args = [*run_args, "--trainer.max_steps=5", "--checkpoint.every_n_train_steps=5", "--output_dir", str(tmp_path)]
     main(["pretrain", *args])
     config = (tmp_path / "tiny" / "config.yaml").read_bytes()
-    with pytest.raises(SystemExit, match=r"error: the checkpoint was written mid-epoch by 1 process\(es\) x 64 images "
-                                         r"per batch; it resumes only with the same, not 1 x 32"):
+    with pytest.raises(
+        SystemExit,
+        match=r"error: the checkpoint was written mid-epoch by 1 process\(es\) x 64 images "
+        r"per batch; it resumes only with the same, not 1 x 32",
+    ):
         main(["pretrain", *args, "--data.batch_size=32"])
     assert (tmp_path / "tiny" / "config.yaml").read_bytes() == config
 
@@ -205,17 +290,20 @@ def read_only(folder):
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path):
+def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path, run_args):
     """A copied run whose checkpoints folder is read-only: the resumed run stops with exit 1 and
     the reason at its first checkpoint, and the previous checkpoint stays intact (Lightning's own
     IO logs the PermissionError and goes on, exit 0 without the checkpoint)."""
-    main(["pretrain", *RUN, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
+    main(["pretrain", *run_args, "--trainer.max_epochs=1", "--output_dir", str(tmp_path)])
     folder = tmp_path / "tiny" / "checkpoints"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with read_only(folder):
-        with pytest.raises(SystemExit, match=r"error: could not write checkpoint .*(Permission denied|not permitted).* "
-                                             r"free space or fix the folder's permissions"):
-            main(["pretrain", *RUN, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
+        with pytest.raises(
+            SystemExit,
+            match=r"error: could not write checkpoint .*(Permission denied|not permitted).* "
+            r"free space or fix the folder's permissions",
+        ):
+            main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)])
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -239,11 +327,11 @@ def assert_same_weights(path, expected_path):
         assert torch.equal(state[key], expected[key]), key
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_path):
+def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_path, run_args):
     """``--checkpoint.every_n_train_steps``: killed at a step inside an epoch (with loader workers,
     whose prefetching once made a resumed epoch start from the wrong order), the run continues
     after the batches it had trained and ends bitwise equal to an uninterrupted run."""
-    args = [*RUN, "--trainer.max_epochs=2", "--checkpoint.every_n_train_steps=5", "--data.num_workers=2"]
+    args = [*run_args, "--trainer.max_epochs=2", "--checkpoint.every_n_train_steps=5", "--data.num_workers=2"]
     main(["pretrain", *args, "--output_dir", str(tmp_path / "straight")])
     last = tmp_path / "killed" / "tiny" / "checkpoints" / "last.ckpt"
     steps_per_epoch = 1437 // 64
@@ -254,17 +342,25 @@ def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_pat
     assert_same_weights(last, tmp_path / "straight" / "tiny" / "checkpoints" / "last.ckpt")
 
 
-def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path):
+def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path, run_args):
     """SLURM's warning signal (SIGUSR1) makes Lightning write ``hpc_ckpt_1.ckpt`` and call
     ``scontrol requeue`` (a stand-in here records it); the job is then killed, and the requeued
     job, running the same command, continues from that checkpoint, newer than ``last.ckpt``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'requeued'}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "requeued"}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NAME": "pretrain", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
-    args = [*RUN, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)]
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "pretrain",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }
+    args = [*run_args, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)]
     run = tmp_path / "tiny"
     last = run / "checkpoints" / "last.ckpt"
 

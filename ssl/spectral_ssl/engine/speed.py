@@ -1,0 +1,133 @@
+"""Speed options that change no result beyond floating-point rounding, as Lightning callbacks
+acting in place on a module's submodules (parameter names, checkpoints and export unchanged), and
+:class:`SpeedOptions`, the commands' ``speed:`` section that builds them and the graphed step."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from .graphed import CUDAGraphStrategy
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How the training step runs (``--speed.<key>``).
+
+    ``channels_last``: NHWC memory format for the backbone and its inputs (the fast layout for
+    convolutions in bf16 on GPUs; :class:`ChannelsLast`). ``compile``: ``torch.compile`` of
+    backbone and projector in place; where compilation fails (no compiler on the machine, an
+    unsupported op) the run says so once and continues eagerly (:class:`Compile`). Mixed
+    precision is the trainer's: ``--trainer.precision=bf16-mixed`` (whitening, trace loss and the
+    other losses always run in float32).
+
+    ``cuda_graph``: the whole step (forward, loss, backward, optimizer step) captured as one CUDA
+    graph after ``cuda_graph_warmup`` eager steps and replayed for every batch, so the GPU no
+    longer waits for Python to issue kernels (:class:`~spectral_ssl.engine.graphed.CUDAGraphStrategy`;
+    one device; its limits are listed there). On a CPU the same path runs eagerly.
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+    cuda_graph_warmup: int = 3
+
+    def callbacks(self) -> list[L.Callback]:
+        return [*([ChannelsLast()] if self.channels_last else []), *([Compile()] if self.compile else [])]
+
+    def trainer_arguments(self, accelerator="auto", devices="auto", num_nodes: int = 1, strategy="auto") -> dict:
+        """The Trainer arguments ``cuda_graph`` sets, given the trainer's own: its strategy on the
+        one device, or a refusal naming what makes more than one."""
+        if not self.cuda_graph:
+            return {}
+        one_device = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+        problems = [
+            what
+            for what, bad in (
+                (f"trainer.devices={devices}", not one_device),
+                (f"trainer.num_nodes={num_nodes}", num_nodes != 1),
+                (f"trainer.strategy={strategy}", strategy not in (None, "auto")),
+                (f"{os.environ.get('WORLD_SIZE')} processes", int(os.environ.get("WORLD_SIZE", "1")) > 1),
+            )
+            if bad
+        ]
+        if problems:
+            raise ValueError(
+                f"speed.cuda_graph=true cannot be used with {'; '.join(problems)}: it runs on one device "
+                "(multi-GPU runs use speed.compile and speed.channels_last). Set speed.cuda_graph=false."
+            )
+        index = devices[0] if isinstance(devices, (list, tuple)) else 0
+        cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        device = torch.device("cuda", index) if cuda else torch.device("cpu")
+        return {
+            "strategy": CUDAGraphStrategy(device, warmup_steps=self.cuda_graph_warmup),
+            "devices": [index] if cuda else 1,
+        }
+
+
+def _submodules(pl_module: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    return [module for name in names if isinstance(module := getattr(pl_module, name, None), nn.Module)]
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+
+
+class ChannelsLast(L.Callback):
+    """At setup, the module's ``submodules`` (default: the backbone) in NHWC memory format, and
+    their image inputs made NHWC by a forward pre-hook (training and evaluation alike)."""
+
+    def __init__(self, submodules: Sequence[str] = ("backbone",)) -> None:
+        self.submodules, self._done = tuple(submodules), weakref.WeakSet()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for module in _submodules(pl_module, self.submodules):
+            if module not in self._done:
+                module.to(memory_format=torch.channels_last)
+                module.register_forward_pre_hook(_channels_last_input)
+                self._done.add(module)
+
+
+class Compile(L.Callback):
+    """At setup, ``torch.compile`` of the module's ``submodules`` in place (:func:`compile_in_place`)."""
+
+    def __init__(
+        self, submodules: Sequence[str] = ("backbone", "projector"), backend="inductor", mode: str | None = None
+    ) -> None:
+        self.submodules, self.backend, self.mode, self._done = tuple(submodules), backend, mode, weakref.WeakSet()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for module in _submodules(pl_module, self.submodules):
+            if module not in self._done:
+                compile_in_place(module, backend=self.backend, mode=self.mode)
+                self._done.add(module)
+
+
+def compile_in_place(module: nn.Module, **options) -> None:
+    """``module.compile(**options)`` (its calls go through ``torch.compile``; its parameters and
+    state_dict stay the same objects), falling back to eager calls for good, with one warning, when
+    compilation fails at the first call (no C++ compiler, an op the compiler lacks)."""
+    module.compile(**options)
+    compiled = module._compiled_call_impl  # what nn.Module.__call__ runs once compiled
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:  # compile errors, inductor's included
+            module._compiled_call_impl = None
+            cause = getattr(error, "inner_exception", None) or error  # a backend's own error, when it raised one
+            lines = str(cause).strip().splitlines()
+            rank_zero_warn(
+                f"torch.compile is unavailable here ({type(cause).__name__}: {lines[0] if lines else ''}); "
+                "continuing without compilation (set speed.compile=false to skip the attempt)"
+            )
+            return module(*args, **kwargs)
+
+    module._compiled_call_impl = call
