@@ -15,6 +15,7 @@ unpickling anything, is :func:`spectral_ssl.checkpoints.load_backbone`).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -66,9 +67,18 @@ def export_backbone(
                 torch.jit.trace(model, example).save(str(target))
         elif not _export_onnx(model, example, target, log):
             continue
+        _readable_by_all(target)
         written[fmt] = target
         log(f"wrote {target}")
     return written
+
+
+def _readable_by_all(path: Path) -> None:
+    """The mode a plain ``open`` would give (0666 less the umask): some writers (safetensors) create
+    their file with 0600, which other users of a shared model folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _export_onnx(model: nn.Module, example: Tensor, target: Path, log) -> bool:

@@ -1,6 +1,7 @@
 """Export round trips: files that plain torchvision, safetensors, TorchScript and ONNX load."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,10 @@ def test_non_bn_variant_rebuilds_from_metadata(tmp_path):
     )
     main(["export", str(checkpoint), "--out", str(tmp_path / "export"), "--formats", "torchvision", "safetensors"])
     metadata = json.loads((tmp_path / "export" / "backbone.json").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "export").iterdir():  # readable by the other users of a shared folder
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     assert metadata["backbone"]["norm"] == "pln" and metadata["backbone"]["act"] == "pln"
     a, b = (
         load_backbone(tmp_path / "export" / "backbone.pth"),
