@@ -23,8 +23,10 @@ def scalars(run_dir, tag):
     return [e.value for e in events.Scalars(tag)]
 
 
-def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys, pretrain):
-    run = pretrain(tmp_path, "--trainer.max_epochs=3")
+def test_quickstart_learns_logs_and_checkpoints(tmp_path, capsys, caplog, pretrain):
+    with caplog.at_level("INFO"):
+        run = pretrain(tmp_path, "--trainer.max_epochs=3", "--trainer.enable_progress_bar=true")
+    assert "trainable=all: 184,136 of 184,136 parameters train" in caplog.text  # a log line: shown beside the bar
     losses = scalars(run, "train/loss")
     assert len(losses) == 3 * (1437 // 64)
     third = len(losses) // 3

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ..models import BackboneConfig, Projector
@@ -92,7 +93,9 @@ class SSLMethod(L.LightningModule):
             self.target.update([self.backbone, self.projector], momentum)
 
     def on_fit_start(self) -> None:
-        self.print(f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train")
+        rank_zero_info(
+            f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train"
+        )
         if self.logger is not None:
             self.logger.log_metrics(
                 {"params/trainable": self.num_trainable, "params/total": self.num_parameters}, step=0
