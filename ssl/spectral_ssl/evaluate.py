@@ -188,8 +188,11 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
             f"condition number {s['condition_number']:.3g}"
         )
     if _is_main():
-        out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent / "spectrum"
-        png, csv = write_spectra(spectra, out, title=Path(config.checkpoint).name)
+        checkpoint = Path(config.checkpoint).resolve()
+        out = Path(config.out) if config.out else checkpoint.parent / "spectrum"
+        run = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "export") else checkpoint.parent
+        title = f"{run.name}/{checkpoint.name}: {config.split} split, {len(indices):,} images"
+        png, csv = write_spectra(spectra, out, title, num_samples=len(indices), summaries=summaries)
         print(f"wrote {png} and {csv}")
     return summaries
 

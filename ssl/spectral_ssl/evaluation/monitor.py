@@ -20,6 +20,7 @@ mismatch" crash at the end of an epoch.) Search runs on the training device.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -277,16 +278,19 @@ class SpectrumMonitor(_HeldOutMonitor):
         device = pl_module.device
         features, _ = self.held_out.get(pl_module.backbone, device, self.max_images)
         embedding = apply_in_batches(pl_module.projector, features, device)
-        spectra = {}
+        spectra, summaries = {}, {}
         for name, values in (("backbone", features), ("embedding", embedding)):
             values = values.to(device)
             spectra[name] = covariance_spectrum(values).cpu()
-            for key, value in spectrum_summary(values, spectra[name]).items():
+            summaries[name] = spectrum_summary(values, spectra[name])
+            for key, value in summaries[name].items():
                 if key != "dim":
                     pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
         experiment = getattr(trainer.logger, "experiment", None)
         if trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            figure = plot_spectra(spectra, f"epoch {trainer.current_epoch + 1}")
+            run = Path(trainer.default_root_dir).name
+            title = f"{run}: epoch {trainer.current_epoch + 1}, step {trainer.global_step}, {len(features):,} images"
+            figure = plot_spectra(spectra, title, num_samples=len(features), summaries=summaries)
             experiment.add_figure("spectrum", figure, global_step=trainer.global_step, close=True)
 
 

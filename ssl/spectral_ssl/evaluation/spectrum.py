@@ -53,36 +53,65 @@ def spectrum_summary(features: Tensor, eigenvalues: Tensor | None = None) -> dic
     }
 
 
-def plot_spectra(spectra: Mapping[str, Tensor], title: str = ""):
+def numerical_rank(eigenvalues: Tensor, num_samples: int | None = None, precision=torch.float32) -> int:
+    """How many (descending) eigenvalues are directions of the data rather than round-off: those
+    above lambda_1 x max(N, D) x the machine epsilon of the features' ``precision`` (numpy's
+    ``matrix_rank`` rule; float32, what features are computed in), and at most N - 1 for
+    ``num_samples`` N (centring removes one). An architecture's own cap (PLN as the activation)
+    shows up as the first rule."""
+    values = eigenvalues.double()
+    if len(values) == 0 or values[0] <= 0:
+        return 0
+    tolerance = values[0] * max(num_samples or 0, len(values)) * torch.finfo(precision).eps
+    rank = int((values > tolerance).sum())
+    return rank if num_samples is None else min(rank, num_samples - 1)
+
+
+def plot_spectra(
+    spectra: Mapping[str, Tensor],
+    title: str = "",
+    num_samples: int | None = None,
+    summaries: Mapping[str, Mapping[str, float]] | None = None,
+):
     """A log-log plot of each spectrum normalized by its largest eigenvalue (lambda_i / lambda_1
-    against i); returns the matplotlib Figure."""
+    against i), each curve stopping at its :func:`numerical_rank` (``num_samples``: the images
+    the spectra come from); with ``summaries`` (:func:`spectrum_summary` per name) the legend
+    gives each one's effective rank and RankMe. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
+    figure, axes = plt.subplots(figsize=(5.5, 4), dpi=100)
     for name, values in spectra.items():
-        values = values.double()
-        positive = values[values > 0]
-        axes.loglog(torch.arange(1, len(positive) + 1).numpy(), (positive / positive[0]).numpy(), label=name)
+        values = values.double()[: numerical_rank(values, num_samples)]
+        label = name
+        if summaries and name in summaries:
+            label = f"{name}: eff. rank {summaries[name]['effective_rank']:.1f}, RankMe {summaries[name]['rankme']:.1f}"
+        axes.loglog(torch.arange(1, len(values) + 1).numpy(), (values / values[0]).numpy(), label=label)
     axes.set_xlabel("index i")
     axes.set_ylabel("eigenvalue / largest")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def write_spectra(spectra: Mapping[str, Tensor], out_dir: str | Path, title: str = "") -> tuple[Path, Path]:
+def write_spectra(
+    spectra: Mapping[str, Tensor],
+    out_dir: str | Path,
+    title: str = "",
+    num_samples: int | None = None,
+    summaries: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[Path, Path]:
     """``spectrum.png`` (see :func:`plot_spectra`) and ``spectrum.csv`` (one column of eigenvalues
-    per features, descending) in ``out_dir``."""
+    per features, descending, all of them) in ``out_dir``."""
     from matplotlib import pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure = plot_spectra(spectra, title)
+    figure = plot_spectra(spectra, title, num_samples, summaries)
     png = out_dir / "spectrum.png"
     figure.savefig(png)
     plt.close(figure)
