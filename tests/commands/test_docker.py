@@ -5,6 +5,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
@@ -25,4 +27,7 @@ def test_dockerfile_copies_what_exists_and_installs_the_lock_file():
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
     text = DOCKERFILE.read_text()
-    assert "pip install -r requirements-lock.txt" in text and "-e ." in text
+    assert "pip install -r /tmp/lock.txt" in text and "-e ." in text
+    assert "grep -v '^faiss-cpu==' requirements-lock.txt" in text  # never both builds of faiss
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert all(pin in text for pin in extras["faiss-gpu"])  # the image's faiss is the [faiss-gpu] extra

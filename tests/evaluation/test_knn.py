@@ -135,3 +135,13 @@ def test_balanced_subset_is_seeded_balanced_and_nested():
         assert set(subset.tolist()) <= set(balanced_subset(labels, size + 1, seed=1).tolist())  # nested
     assert torch.equal(balanced_subset(labels, None), torch.arange(100))
     assert torch.equal(balanced_subset(labels, 500), torch.arange(100))
+
+
+def test_the_faiss_backend_says_which_extra_installs_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if neither extra were installed
+    bank, labels = torch.randn(30, 4), torch.arange(30) % 3
+    with pytest.raises(ImportError, match=r"spectral-ssl\[faiss-cpu\].*spectral-ssl\[faiss-gpu\].*not both"):
+        knn_predict(bank, labels, bank[:5], k=5, backend="faiss")
+    assert torch.equal(knn_predict(bank, labels, bank[:5], k=5), labels[:5])  # the default needs no faiss

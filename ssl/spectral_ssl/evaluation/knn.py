@@ -15,7 +15,10 @@ the queries' device (the training GPU in the monitors: chunked matmul + top-k, n
 the bank may live on another device or in a :class:`~spectral_ssl.evaluation.features.FeatureFile`
 and is read a chunk at a time), or with faiss (exact flat indexes; a GPU index when faiss has
 GPU support) for a bank held in host memory, when asked for (``backend="faiss"``: it copies the
-bank twice, normalized and into its index). ``backend="auto"`` is torch.
+bank twice, normalized and into its index). ``backend="auto"`` is torch. faiss is an optional
+extra (``[faiss-cpu]`` or ``[faiss-gpu]``); only exact flat indexes are used: no approximate
+index (IVF-PQ) is offered, as the sharded torch search keeps every bank up to ImageNet size
+exact within memory (larger banks: a :class:`~spectral_ssl.evaluation.features.FeatureFile`).
 
 Under DDP, ``sharded=True`` lets each rank hold only its contiguous share of the bank: every
 rank searches its share for all queries, and the per-rank top-k (scores, bank indices, labels)
@@ -91,11 +94,25 @@ def _search_torch(
     return best_s, best_i
 
 
+FAISS_EXTRAS = (
+    "pip install 'spectral-ssl[faiss-cpu]', or 'spectral-ssl[faiss-gpu]' on a Linux x86-64 CUDA machine (not both: "
+    "they install the same faiss package)"
+)
+
+
+def import_faiss():
+    """The ``faiss`` module, an optional extra: ``backend="torch"`` (the default) needs none."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(f"backend='faiss' needs faiss: {FAISS_EXTRAS}; or use backend='torch'") from error
+    return faiss
+
+
 def _search_faiss(
     bank: Tensor, queries: Tensor, k: int, metric: Metric, normalize: bool, chunk_size: int
 ) -> tuple[Tensor, Tensor]:
-    import faiss
-
+    faiss = import_faiss()
     bank = F.normalize(bank.float(), dim=1) if normalize else bank.float()
     index = faiss.IndexFlatIP(bank.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(bank.shape[1])
     if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
