@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from lightning import LightningDataModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -38,6 +38,20 @@ from .runs import (
     remove_partial_writes,
     resumable_changes,
 )
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Writes the run's ``config.yaml`` into the run folder (``trainer.default_root_dir``) whatever
+    the logger: Lightning's own callback writes it into the logger's folder (a CSVLogger's
+    ``lightning_logs/version_N``, where the resume check would not find it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        path = Path(trainer.default_root_dir) / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
 
 
 class TrainCLI(LightningCLI):
@@ -157,6 +171,7 @@ def _cli(args: list[str], command: str, model_class=SSLMethod, **kwargs) -> Trai
             subclass_mode_model=model_class is SSLMethod,
             subclass_mode_data=True,
             seed_everything_default=0,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"allow_abbrev": False},  # --trainer.max_epoch is a mistake, not max_epochs
             auto_configure_optimizers=False,

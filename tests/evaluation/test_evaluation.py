@@ -249,3 +249,49 @@ def test_console_command_exits_zero_and_prints_only_its_report(checkpoint):
     )
     assert result.returncode == 0, result.stderr
     assert "5-NN L2 (INTL)" in result.stdout and "{" not in result.stdout  # no returned dict echoed
+
+
+def test_a_csv_logger_run_keeps_config_checkpoints_and_spectra_in_the_run_folder(tmp_path, tiny):
+    run = tmp_path / "csv"
+    main(
+        [
+            "pretrain",
+            *tiny,
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "csv",
+            "--trainer.max_epochs=2",
+            "--knn.every_n_epochs=0",
+            "--spectrum.every_n_epochs=1",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+            "--trainer.logger.name=csv",
+            "--trainer.logger.version=csv",
+        ]
+    )
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()  # the logger's own files: where it was told
+    for epoch in (0, 1):
+        with open(run / "spectrum" / f"epoch={epoch}" / "spectrum.csv") as f:
+            header, first = next(csv.reader(f)), next(csv.reader(f))
+        assert header == ["index", "backbone", "embedding"] and float(first[1]) > 0
+        assert (run / "spectrum" / f"epoch={epoch}" / "spectrum.png").stat().st_size > 1000
+    main(
+        [
+            "pretrain",
+            *tiny,
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "csv",
+            "--trainer.max_epochs=3",
+            "--knn.every_n_epochs=0",
+            "--spectrum.every_n_epochs=1",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+            "--trainer.logger.name=csv",
+            "--trainer.logger.version=csv",
+        ]
+    )
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # resumed by its config

@@ -34,7 +34,7 @@ from ..distributed import world_size
 from ..spectral import full_precision
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import knn_accuracy
-from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary
+from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary, write_spectra
 
 # Lightning suggests sync_dist for epoch-level metrics under DDP; ours are equal on every rank by construction
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(knn|online|spectrum|data)/")
@@ -248,8 +248,9 @@ class KNNMonitor(_HeldOutMonitor):
 class SpectrumMonitor(_HeldOutMonitor):
     """Every ``every_n_epochs`` epochs (0: off): the eigen-spectrum of the backbone features and of
     the projector's embedding on at most ``max_images`` clean held-out images (a class-balanced
-    subset); logs ``spectrum/<features>/effective_rank``, ``rankme`` and ``condition_number`` and a
-    log-log plot of both spectra to TensorBoard. N images can show at most N - 1 directions: with
+    subset); logs ``spectrum/<features>/effective_rank``, ``rankme`` and ``condition_number``, writes
+    ``spectrum.png`` + ``spectrum.csv`` to ``<run folder>/spectrum/epoch=<E>/`` whatever the logger,
+    and adds the plot to TensorBoard when that is the logger. N images can show at most N - 1 directions: with
     fewer images than the embedding has dimensions, the cap is stated once at the start. The
     covariance and its eigendecomposition (float64, O(D^3): about 5.5e11 flops at D = 8192) run on
     the training device."""
@@ -286,12 +287,14 @@ class SpectrumMonitor(_HeldOutMonitor):
             for key, value in summaries[name].items():
                 if key != "dim":
                     pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
-        experiment = getattr(trainer.logger, "experiment", None)
-        if trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            run = Path(trainer.default_root_dir).name
-            title = f"{run}: epoch {trainer.current_epoch + 1}, step {trainer.global_step}, {len(features):,} images"
-            figure = plot_spectra(spectra, title, num_samples=len(features), summaries=summaries)
-            experiment.add_figure("spectrum", figure, global_step=trainer.global_step, close=True)
+        if trainer.is_global_zero:
+            run, epoch, step = Path(trainer.default_root_dir), trainer.current_epoch, trainer.global_step
+            title = f"{run.name}: epoch {epoch + 1}, step {step}, {len(features):,} images"
+            plot = dict(title=title, num_samples=len(features), summaries=summaries)
+            write_spectra(spectra, run / "spectrum" / f"epoch={epoch}", **plot)  # whatever the logger
+            experiment = getattr(trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("spectrum", plot_spectra(spectra, **plot), global_step=step, close=True)
 
 
 class OnlineLinearProbe(_HeldOutMonitor):
