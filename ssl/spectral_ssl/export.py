@@ -22,10 +22,19 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .checkpoints import METADATA_KEY, backbone_state, build_from_metadata, load_weights, read_pretraining_checkpoint
+from .checkpoints import (
+    METADATA_KEY,
+    backbone_state,
+    build_from_metadata,
+    load_backbone,
+    load_weights,
+    read_pretraining_checkpoint,
+)
 from .command import command_parser, reports_bad_input
 
 FORMATS = ("torchvision", "safetensors", "torchscript", "onnx")
+
+__all__ = ["FORMATS", "export_backbone", "load_backbone", "main"]  # load_backbone: read an export back
 
 
 def export_backbone(
