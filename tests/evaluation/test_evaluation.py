@@ -253,45 +253,17 @@ def test_console_command_exits_zero_and_prints_only_its_report(checkpoint):
 
 def test_a_csv_logger_run_keeps_config_checkpoints_and_spectra_in_the_run_folder(tmp_path, tiny):
     run = tmp_path / "csv"
-    main(
-        [
-            "pretrain",
-            *tiny,
-            "--output_dir",
-            str(tmp_path),
-            "--run_name",
-            "csv",
-            "--trainer.max_epochs=2",
-            "--knn.every_n_epochs=0",
-            "--spectrum.every_n_epochs=1",
-            "--trainer.logger=CSVLogger",
-            f"--trainer.logger.save_dir={tmp_path}",
-            "--trainer.logger.name=csv",
-            "--trainer.logger.version=csv",
-        ]
-    )
+    csv_logger = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}", "--trainer.logger.name=csv"]
+    args = [*tiny, "--output_dir", str(tmp_path), "--run_name", "csv", "--knn.every_n_epochs=0",
+            "--spectrum.every_n_epochs=1", *csv_logger, "--trainer.logger.version=csv"]  # fmt: skip
+    main(["pretrain", *args, "--trainer.max_epochs=2"])
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "csv" / "metrics.csv").is_file()  # the logger's own files: where it was told
     for epoch in (0, 1):
         with open(run / "spectrum" / f"epoch={epoch}" / "spectrum.csv") as f:
-            header, first = next(csv.reader(f)), next(csv.reader(f))
+            rows = csv.reader(f)
+            header, first = next(rows), next(rows)
         assert header == ["index", "backbone", "embedding"] and float(first[1]) > 0
         assert (run / "spectrum" / f"epoch={epoch}" / "spectrum.png").stat().st_size > 1000
-    main(
-        [
-            "pretrain",
-            *tiny,
-            "--output_dir",
-            str(tmp_path),
-            "--run_name",
-            "csv",
-            "--trainer.max_epochs=3",
-            "--knn.every_n_epochs=0",
-            "--spectrum.every_n_epochs=1",
-            "--trainer.logger=CSVLogger",
-            f"--trainer.logger.save_dir={tmp_path}",
-            "--trainer.logger.name=csv",
-            "--trainer.logger.version=csv",
-        ]
-    )
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # resumed by its config
+    main(["pretrain", *args, "--trainer.max_epochs=3"])  # the same command, one more epoch: resumed by its config
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
