@@ -119,12 +119,15 @@ class TrainCLI(LightningCLI):
         trainer_config, speed = self.config_init["trainer"], self.config_init["speed"]
         kwargs.update(
             speed.trainer_arguments(
-                *(trainer_config.get(key, "auto") for key in ("accelerator", "devices")),
-                trainer_config.get("num_nodes", 1),
-                trainer_config.get("strategy"),
+                accelerator=trainer_config.get("accelerator", "auto"),
+                devices=trainer_config.get("devices", "auto"),
+                num_nodes=trainer_config.get("num_nodes", 1),
+                strategy=trainer_config.get("strategy"),
             )
         )
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *speed.callbacks(), SkippedImagesReport()]
+        given = trainer_config.get("callbacks") or []  # --trainer.callbacks: kept beside ours
+        given = given if isinstance(given, list) else [given]
+        kwargs["callbacks"] = [*given, *speed.callbacks(), SkippedImagesReport()]
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent), name=self.run_dir.name, version="")
         kwargs.setdefault("default_root_dir", str(self.run_dir))

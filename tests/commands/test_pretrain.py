@@ -113,3 +113,14 @@ def test_nan_loss_is_a_clear_error():
     views = [torch.full((16, 3, 16, 16), float("nan")), torch.randn(16, 3, 16, 16)]
     with pytest.raises(FloatingPointError, match="last checkpoint is intact"):
         model.training_step((views, torch.zeros(16)), 0)
+
+
+def test_callbacks_given_on_the_command_line_are_kept_beside_ours(tmp_path, tiny):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from spectral_ssl.data import SkippedImagesReport
+
+    cli = main(["pretrain", *tiny, "--output_dir", str(tmp_path), "--trainer.max_steps=1", "--knn.every_n_epochs=0",
+                "--trainer.callbacks+=LearningRateMonitor"])  # fmt: skip
+    kinds = {type(callback) for callback in cli.trainer.callbacks}
+    assert {LearningRateMonitor, SkippedImagesReport} <= kinds
