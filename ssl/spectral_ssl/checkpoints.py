@@ -23,6 +23,12 @@ METADATA_KEY = "spectral_ssl"
 """The safetensors header entry that holds an exported backbone's description."""
 
 
+def _first_line(error: Exception) -> str:
+    """``Type: first line of the message``: what a loader's error says, without its traceback."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 def unreadable_reason(path: Path) -> str | None:
     """None when ``path`` is a Lightning checkpoint that loads, else why not (cheap: memory-mapped)."""
     if not path.exists():
@@ -30,7 +36,7 @@ def unreadable_reason(path: Path) -> str | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated zip, foreign pickle: anything that would stop Lightning's load
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return _first_line(error)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         return "not a Lightning checkpoint"
     return None
@@ -79,8 +85,7 @@ def load_tensors(path: Path):
     except Exception as error:  # truncated files, other formats, pickles that are not plain tensors
         raise ValueError(
             f"{path} cannot be read as a PyTorch checkpoint with weights_only=True: it is truncated, "
-            f"another kind of file, or holds pickled objects beyond tensors ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})"
+            f"another kind of file, or holds pickled objects beyond tensors ({_first_line(error)})"
         ) from error
 
 

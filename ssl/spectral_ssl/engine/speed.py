@@ -72,42 +72,50 @@ class SpeedOptions:
         }
 
 
-def _submodules(pl_module: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    return [module for name in names if isinstance(module := getattr(pl_module, name, None), nn.Module)]
-
-
 def _channels_last_input(module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
-class ChannelsLast(L.Callback):
+class _OncePerSubmodule(L.Callback):
+    """At setup (of every stage), :meth:`apply` to each of the module's ``submodules`` not done yet."""
+
+    def __init__(self, submodules: Sequence[str]) -> None:
+        self.submodules, self._done = tuple(submodules), weakref.WeakSet()
+
+    def apply(self, module: nn.Module) -> None:
+        raise NotImplementedError
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for name in self.submodules:
+            module = getattr(pl_module, name, None)
+            if isinstance(module, nn.Module) and module not in self._done:
+                self.apply(module)
+                self._done.add(module)
+
+
+class ChannelsLast(_OncePerSubmodule):
     """At setup, the module's ``submodules`` (default: the backbone) in NHWC memory format, and
     their image inputs made NHWC by a forward pre-hook (training and evaluation alike)."""
 
     def __init__(self, submodules: Sequence[str] = ("backbone",)) -> None:
-        self.submodules, self._done = tuple(submodules), weakref.WeakSet()
+        super().__init__(submodules)
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for module in _submodules(pl_module, self.submodules):
-            if module not in self._done:
-                module.to(memory_format=torch.channels_last)
-                module.register_forward_pre_hook(_channels_last_input)
-                self._done.add(module)
+    def apply(self, module: nn.Module) -> None:
+        module.to(memory_format=torch.channels_last)
+        module.register_forward_pre_hook(_channels_last_input)
 
 
-class Compile(L.Callback):
+class Compile(_OncePerSubmodule):
     """At setup, ``torch.compile`` of the module's ``submodules`` in place (:func:`compile_in_place`)."""
 
     def __init__(
         self, submodules: Sequence[str] = ("backbone", "projector"), backend="inductor", mode: str | None = None
     ) -> None:
-        self.submodules, self.backend, self.mode, self._done = tuple(submodules), backend, mode, weakref.WeakSet()
+        super().__init__(submodules)
+        self.backend, self.mode = backend, mode
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for module in _submodules(pl_module, self.submodules):
-            if module not in self._done:
-                compile_in_place(module, backend=self.backend, mode=self.mode)
-                self._done.add(module)
+    def apply(self, module: nn.Module) -> None:
+        compile_in_place(module, backend=self.backend, mode=self.mode)
 
 
 def compile_in_place(module: nn.Module, **options) -> None:

@@ -290,11 +290,11 @@ class SpectrumMonitor(_HeldOutMonitor):
         if trainer.is_global_zero:
             run, epoch, step = Path(trainer.default_root_dir), trainer.current_epoch, trainer.global_step
             title = f"{run.name}: epoch {epoch + 1}, step {step}, {len(features):,} images"
-            plot = dict(title=title, num_samples=len(features), summaries=summaries)
-            write_spectra(spectra, run / "spectrum" / f"epoch={epoch}", **plot)  # whatever the logger
+            figure = plot_spectra(spectra, title, num_samples=len(features), summaries=summaries)
             experiment = getattr(trainer.logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("spectrum", plot_spectra(spectra, **plot), global_step=step, close=True)
+            if hasattr(experiment, "add_figure"):  # rendered into the event file now
+                experiment.add_figure("spectrum", figure, global_step=step, close=False)
+            write_spectra(spectra, run / "spectrum" / f"epoch={epoch}", figure=figure)  # whatever the logger
 
 
 class OnlineLinearProbe(_HeldOutMonitor):

@@ -104,14 +104,16 @@ def write_spectra(
     title: str = "",
     num_samples: int | None = None,
     summaries: Mapping[str, Mapping[str, float]] | None = None,
+    figure=None,
 ) -> tuple[Path, Path]:
-    """``spectrum.png`` (see :func:`plot_spectra`) and ``spectrum.csv`` (one column of eigenvalues
-    per features, descending, all of them) in ``out_dir``."""
+    """``spectrum.png`` (see :func:`plot_spectra`; ``figure``: that plot already drawn) and
+    ``spectrum.csv`` (one column of eigenvalues per features, descending, all of them) in
+    ``out_dir``. The figure is closed once saved."""
     from matplotlib import pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure = plot_spectra(spectra, title, num_samples, summaries)
+    figure = figure or plot_spectra(spectra, title, num_samples, summaries)
     png = out_dir / "spectrum.png"
     figure.savefig(png)
     plt.close(figure)
