@@ -8,6 +8,16 @@ import pytest
 import torch
 
 from spectral_ssl.cli import main
+from spectral_ssl.command import THIRD_PARTY_NOTICES, quiet_third_party_notices
+
+
+def pytest_configure(config):
+    """The CLI's filters of other packages' notices, for every test (pytest resets warning filters
+    per test, so they go in as its own ``filterwarnings`` lines)."""
+    quiet_third_party_notices()
+    for category, message in THIRD_PARTY_NOTICES:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root (configs/, tools/, README.md)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -21,11 +22,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from . import evaluate
 from . import export as export_command
 from .checkpoints import training_loops
-from .command import reports_bad_input
+from .command import quiet_third_party_notices, reports_bad_input, resolve_config_arguments
 from .data import ResumableLoader, SkippedImagesReport
 from .engine import SpeedOptions
 from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
@@ -51,7 +53,7 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         path = Path(trainer.default_root_dir) / self.config_filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        self.parser.save(self.config, str(path), skip_unset=False, overwrite=True, multifile=self.multifile)
 
 
 class TrainCLI(LightningCLI):
@@ -305,7 +307,9 @@ def linear(args: list[str]):
         args, "linear", model_class=LinearClassifier, default_model=None, monitors=False, run_key=_evaluated_key(args)
     )
     data = LinearEvaluationData(cli.datamodule)
-    _fit(cli, data)
+    with warnings.catch_warnings():  # the frozen backbone is in eval mode on purpose (its BN statistics)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        _fit(cli, data)
     metrics = cli.trainer.validate(cli.model, datamodule=data, verbose=False)[0]
     if cli.trainer.is_global_zero:
         print(
@@ -358,10 +362,15 @@ def entry_point() -> None:
 def main(argv: list[str] | None = None):
     """Runs ``spectral-ssl <command> ...`` and returns what the command returns (its results)."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party_notices()
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command = COMMANDS.get(argv[0])
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
-    return command(argv[1:])
+    try:
+        args = resolve_config_arguments(argv[1:])
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    return command(args)

@@ -165,7 +165,9 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
         "embedding (pretraining checkpoints) on the clean test images: effective rank, RankMe, "
         "condition number, and spectrum.png + spectrum.csv.",
     )
-    parser.add_argument("--out", type=str, default=None, help="output folder (default: beside the checkpoint)")
+    parser.add_argument(
+        "--out", type=str, default=None, help="output folder (default: spectrum/ in the checkpoint's folder)"
+    )
     parser.add_argument("--split", type=str, default="test", choices=["train", "test"])
     parser.add_argument(
         "--max_images",

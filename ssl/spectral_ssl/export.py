@@ -8,19 +8,32 @@ unpickling anything, is :func:`spectral_ssl.checkpoints.load_backbone`).
   that model's ``fc`` is replaced by ``nn.Identity()`` (the parameter names are torchvision's).
 - ``backbone.safetensors``: the same tensors, with the metadata below in the file's header.
 - ``backbone.json``: what ``load_backbone`` needs to rebuild any variant (norm, act, width…).
-- ``backbone.torchscript.pt`` (traced) and ``backbone.onnx`` (checked against PyTorch with
+- ``timm/``: timm's pretrained-folder layout (``config.json`` + ``model.safetensors``), loaded by
+  ``timm.create_model("local-dir:DIR/timm", pretrained=True)`` and uploadable as is to the
+  Hugging Face Hub (then ``"hf-hub:<user>/<repo>"``). Written for the backbones timm has: the
+  ImageNet-stem BN / SyncBN ResNets at width 64 (ReLU or GELU) and ``timm:<model>`` backbones with
+  their default norm and activation; the others (PLN, LN-G, GN, LN, IterNorm, no norm, the CIFAR
+  stem) have no timm architecture, and the export's ``README.md`` says what loads them.
+- ``backbone.pt2`` (``torch.export``, dynamic batch and image size; ``torch.export.load(path).module()``),
+  ``backbone.torchscript.pt`` (traced; TorchScript is deprecated upstream, kept for old
+  consumers) and ``backbone.onnx``; each checked against the eager model's output (ONNX with
   onnxruntime when it is installed; skipped with a message when ``onnx`` is missing).
+- ``README.md``: what each file is and the line that loads it.
+
+Every file gets the mode a plain ``open`` gives (0666 less the umask), so a shared model folder
+is readable by its other users.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from .checkpoints import (
     METADATA_KEY,
@@ -31,74 +44,151 @@ from .checkpoints import (
     read_pretraining_checkpoint,
 )
 from .command import command_parser, reports_bad_input
+from .data.folder import IMAGENET_MEAN, IMAGENET_STD
 
-FORMATS = ("torchvision", "safetensors", "torchscript", "onnx")
+FILES = {  # format: the file (or folder) it writes in the export folder
+    "torchvision": "backbone.pth",
+    "safetensors": "backbone.safetensors",
+    "timm": "timm",
+    "pt2": "backbone.pt2",
+    "torchscript": "backbone.torchscript.pt",
+    "onnx": "backbone.onnx",
+}
+FORMATS = tuple(FILES)
+TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
 
-__all__ = ["FORMATS", "export_backbone", "load_backbone", "main"]  # load_backbone: read an export back
+__all__ = ["FORMATS", "export_backbone", "load_backbone", "main", "timm_equivalent"]  # load_backbone: read back
+
+
+def timm_equivalent(backbone: Mapping) -> tuple[str, dict]:
+    """timm's (architecture, model_args) for a backbone description (``BackboneConfig`` as a
+    dict) whose state_dict timm's model loads with ``strict=True`` and computes the same
+    function with; a ValueError saying why not otherwise."""
+    name, norm, act = backbone["name"], backbone.get("norm", "bn"), backbone.get("act", "relu")
+    if name.startswith("timm:"):
+        if norm != "bn" or act != "relu":
+            raise ValueError(f"norm={norm!r} / act={act!r} replace layers inside timm's {name[5:]}")
+        return name.removeprefix("timm:"), {}
+    reasons = [
+        f"norm={norm!r} (timm's ResNets take bn or syncbn)" if norm not in ("bn", "syncbn") else "",
+        f"act={act!r} (timm's ResNets take relu or gelu here)" if act not in ("relu", "gelu") else "",
+        "the CIFAR stem (3x3 conv, no max-pool)" if backbone.get("cifar_stem") else "",
+        f"width={backbone.get('width', 64)} (its single-conv stem is 64 wide)"
+        if backbone.get("width", 64) != 64
+        else "",
+    ]
+    if any(reasons):
+        raise ValueError("timm has no ResNet with " + " and ".join(r for r in reasons if r))
+    return name, {"act_layer": "gelu"} if act == "gelu" else {}
 
 
 def export_backbone(
     checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None, log=print
 ) -> dict[str, Path]:
-    """Writes the requested formats to ``out_dir``; returns {format: path} of those written."""
+    """Writes the requested formats (and ``README.md``) to ``out_dir``; returns {format: path}
+    of those written."""
+    unknown = [fmt for fmt in formats if fmt not in FILES]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
     state, metadata = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
+    state = {k: v.contiguous() for k, v in state.items()}
     model = build_from_metadata(metadata)
     load_weights(model, state, source=str(checkpoint))
     model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "backbone.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    _write_text(out / "backbone.json", json.dumps(metadata, indent=2) + "\n")
     size = image_size or (32 if metadata["backbone"].get("cifar_stem") else 224)
     example = torch.randn(2, 3, size, size)
-    written: dict[str, Path] = {}
+    with torch.no_grad():
+        expected = model(example)
+    written, skipped = {}, {}
     for fmt in formats:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-        target = (
-            out
-            / {
-                "torchvision": "backbone.pth",
-                "safetensors": "backbone.safetensors",
-                "torchscript": "backbone.torchscript.pt",
-                "onnx": "backbone.onnx",
-            }[fmt]
-        )
-        if fmt == "torchvision":
-            torch.save({k: v.contiguous() for k, v in state.items()}, target)
-        elif fmt == "safetensors":
-            save_file(
-                {k: v.contiguous() for k, v in state.items()},
-                str(target),
-                metadata={METADATA_KEY: json.dumps(metadata)},
-            )
-        elif fmt == "torchscript":
-            with torch.no_grad():
-                torch.jit.trace(model, example).save(str(target))
-        elif not _export_onnx(model, example, target, log):
+        target = out / FILES[fmt]
+        reason = WRITERS[fmt](target, model=model, state=state, metadata=metadata, example=example)
+        if reason:
+            skipped[fmt] = reason
+            log(f"skipped {fmt}: {reason}")
             continue
-        _readable_by_all(target)
+        with torch.no_grad():
+            got = CHECKS[fmt](target, example) if fmt in CHECKS else None
+        if got is not None:
+            error = ((got.float() - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+            if error > TOLERANCE:
+                raise RuntimeError(f"{target.name}: output differs from eager PyTorch (relative error {error:g})")
+            log(f"{target.name} matches eager PyTorch (relative error {error:.1e})")
+        elif fmt in CHECKS:
+            log(f"{target.name} written but not checked: onnxruntime is not installed")
+        for path in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            _readable_by_all(path)
         written[fmt] = target
         log(f"wrote {target}")
+    _write_text(out / "README.md", _readme(out, metadata, written, skipped))
     return written
 
 
-def _readable_by_all(path: Path) -> None:
-    """The mode a plain ``open`` would give (0666 less the umask): some writers (safetensors) create
-    their file with 0600, which other users of a shared model folder cannot read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+def _write_torchvision(target: Path, *, state, **_) -> None:
+    torch.save(state, target)
 
 
-def _export_onnx(model: nn.Module, example: Tensor, target: Path, log) -> bool:
+def _write_safetensors(target: Path, *, state, metadata, **_) -> None:
+    save_file(state, str(target), metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+def _write_timm(target: Path, *, state, metadata, model, example, **_) -> str | None:
+    """timm's pretrained folder: ``config.json`` (architecture, model_args, pretrained_cfg) and
+    ``model.safetensors``; ``num_classes=0`` (a feature extractor: ``fc`` is ``nn.Identity``)."""
+    try:
+        architecture, model_args = timm_equivalent(metadata["backbone"])
+    except ValueError as error:
+        return f"{error}; load it with spectral_ssl.checkpoints.load_backbone('backbone.safetensors')"
+    target.mkdir(exist_ok=True)
+    config = {
+        "architecture": architecture,
+        "num_classes": 0,
+        "num_features": model.num_features,
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": list(example.shape[1:]),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "interpolation": "bilinear",
+            "crop_pct": 0.875,
+            "first_conv": "conv1",
+            "classifier": "fc",
+            "num_classes": 0,
+        },
+    }
+    _write_text(target / "config.json", json.dumps(config, indent=2) + "\n")
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
+    return None
+
+
+def _load_timm(target: Path, example: Tensor) -> Tensor:
+    import timm
+
+    return timm.create_model(f"local-dir:{target}", pretrained=True).eval()(example)
+
+
+def _write_pt2(target: Path, *, model, example, **_) -> None:
+    """Batch and image size dynamic (a last feature map of 1 x 1, i.e. images of at most 32 pixels
+    with the ImageNet stem or 8 with the CIFAR stem, is refused by the program's guards)."""
+    dynamic = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.export.export(model, (example,), dynamic_shapes=(dynamic,))
+    torch.export.save(program, target)
+
+
+def _write_torchscript(target: Path, *, model, example, **_) -> None:
+    with torch.no_grad():
+        torch.jit.trace(model, example).save(str(target))
+
+
+def _write_onnx(target: Path, *, model, example, **_) -> str | None:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        log(
-            "skipped ONNX: the onnx and onnxscript packages are not installed (pip install onnx onnxscript onnxruntime)"
-        )
-        return False
+        return "the onnx and onnxscript packages are not installed (pip install onnx onnxscript onnxruntime)"
     torch.onnx.export(
         model,
         (example,),
@@ -109,20 +199,80 @@ def _export_onnx(model: nn.Module, example: Tensor, target: Path, log) -> bool:
         output_names=["features"],
         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
     )
+    return None
+
+
+def _run_onnx(target: Path, example: Tensor) -> Tensor | None:
     try:
         import onnxruntime
     except ImportError:
-        log("ONNX written but not checked: onnxruntime is not installed")
-        return True
+        return None
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
-    with torch.no_grad():
-        expected = model(example)
-    error = ((got - expected).norm() / expected.norm().clamp_min(1e-12)).item()
-    if error > 1e-4:
-        raise RuntimeError(f"ONNX output differs from PyTorch: relative error {error:g}")
-    log(f"ONNX output matches PyTorch (onnxruntime, relative error {error:.1e})")
-    return True
+    return torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
+
+
+WRITERS: dict[str, Callable[..., str | None]] = {  # each returns None, or why it wrote nothing
+    "torchvision": _write_torchvision,
+    "safetensors": _write_safetensors,
+    "timm": _write_timm,
+    "pt2": _write_pt2,
+    "torchscript": _write_torchscript,
+    "onnx": _write_onnx,
+}
+CHECKS: dict[str, Callable[[Path, Tensor], Tensor | None]] = {  # the written file's output on the example batch
+    "timm": _load_timm,
+    "pt2": lambda target, example: torch.export.load(target).module()(example),
+    "torchscript": lambda target, example: torch.jit.load(str(target))(example),
+    "onnx": _run_onnx,
+}
+
+
+def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: Mapping[str, str]) -> str:
+    """The export folder's README: each file, and the line that loads it."""
+    folder = out.resolve()
+    how = {
+        "torchvision": "`model.load_state_dict(torch.load('backbone.pth', weights_only=True))` into the "
+        "matching model (torchvision's ResNet with `fc = nn.Identity()` for BN ImageNet-stem ResNets)",
+        "safetensors": "`spectral_ssl.checkpoints.load_backbone('backbone.safetensors')` (any variant; the "
+        "architecture is in the file's header), or `safetensors.torch.load_file` for the bare tensors",
+        "timm": f"`timm.create_model('local-dir:{folder / 'timm'}', pretrained=True)` (a feature "
+        "extractor, `num_classes=0`; pass `num_classes=N` for a fresh classifier); upload the folder to "
+        "the Hugging Face Hub to load it as `hf-hub:<user>/<repo>`",
+        "pt2": "`torch.export.load('backbone.pt2').module()` (any batch and image size above the last "
+        "stage's 1 x 1 map)",
+        "torchscript": "`torch.jit.load('backbone.torchscript.pt')`",
+        "onnx": "`onnxruntime.InferenceSession('backbone.onnx')`, input `images`, output `features`",
+    }
+    backbone = metadata["backbone"]
+    lines = [
+        f"# Backbone exported by spectral-ssl from `{metadata['source']}`",
+        "",
+        f"`{backbone['name']}`, norm `{backbone.get('norm')}`, act `{backbone.get('act')}`, width "
+        f"`{backbone.get('width')}`, {'CIFAR' if backbone.get('cifar_stem') else 'ImageNet'} stem; epoch "
+        f"{metadata.get('epoch')}, step {metadata.get('global_step')}. Input: RGB images normalised with "
+        "the training data's mean and std; output: the pooled features.",
+        "",
+        "| file | loads with |",
+        "|---|---|",
+        "| `backbone.json` | the architecture, for `load_backbone('backbone.pth')` |",
+        *(f"| `{path.name}{'/' if path.is_dir() else ''}` | {how[fmt]} |" for fmt, path in written.items()),
+    ]
+    if skipped:
+        lines += ["", "Not written:", "", *(f"- {fmt}: {reason}" for fmt, reason in skipped.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+    _readable_by_all(path)
+
+
+def _readable_by_all(path: Path) -> None:
+    """The mode a plain ``open`` would give (0666 less the umask; 0777 less it for a folder): some
+    writers (safetensors) create their file with 0600, which other users of a shared folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @reports_bad_input
@@ -131,7 +281,8 @@ def main(args: list[str]) -> dict[str, Path]:
     parser = command_parser(
         "spectral-ssl export",
         "Write a pretraining checkpoint's backbone as a torchvision "
-        "state_dict, safetensors, TorchScript and ONNX (see spectral_ssl.export).",
+        "state_dict, safetensors, a timm / Hugging Face folder, torch.export, TorchScript and ONNX, "
+        "with a README.md saying what loads each (see spectral_ssl.export).",
     )
     parser.add_argument(
         "checkpoint", type=str, help="a pretraining checkpoint, e.g. checkpoints/quickstart/checkpoints/last.ckpt"

@@ -99,7 +99,7 @@ def test_feature_extraction_is_sharded_then_gathered_in_order(tmp_path):
 
 KNN_CASES = {
     "weighted k=20": dict(k=20, temperature=0.07),
-    "5-NN L2": dict(k=5, temperature=None, metric="l2"),
+    "5-NN L2": dict(k=5, temperature=None, metric="l2", normalize=False),
     "majority k=7": dict(k=7, temperature=None),
 }
 

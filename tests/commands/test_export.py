@@ -1,4 +1,4 @@
-"""Export round trips: files that plain torchvision, safetensors, TorchScript and ONNX load."""
+"""Export round trips: files that plain torchvision, timm, safetensors, torch.export, TorchScript and ONNX load."""
 
 import json
 import os
@@ -61,6 +61,25 @@ def test_bn_resnet50_loads_into_plain_torchvision(resnet50_export):
         expected = ours(x)
         torch.testing.assert_close(reference(x), expected)
         torch.testing.assert_close(torch.jit.load(files["torchscript"])(x), expected)
+        x = torch.randn(5, 3, 64, 64)  # another batch size than the one exported
+        torch.testing.assert_close(torch.export.load(files["pt2"]).module()(x), ours(x))
+
+
+def test_bn_resnet50_loads_into_timm_from_its_local_folder(resnet50_export):
+    import timm
+
+    files, _ = resnet50_export
+    assert sorted(p.name for p in files["timm"].iterdir()) == ["config.json", "model.safetensors"]
+    model = timm.create_model(f"local-dir:{files['timm']}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), load_backbone(files["safetensors"])(x))
+    # a fresh classifier on top, as for any timm pretrained model
+    classifier = timm.create_model(f"local-dir:{files['timm']}", pretrained=True, num_classes=10)
+    assert classifier.fc.out_features == 10
+    assert torch.equal(classifier.conv1.weight, model.conv1.weight)
+    readme = (files["timm"].parent / "README.md").read_text()
+    assert f"local-dir:{files['timm'].resolve()}" in readme and "backbone.pt2" in readme
 
 
 def test_onnx_matches_pytorch(resnet50_export):
@@ -75,15 +94,47 @@ def test_onnx_matches_pytorch(resnet50_export):
     assert ((got - expected).norm() / expected.norm()).item() < 1e-5
 
 
+@pytest.mark.parametrize(
+    "overrides, architecture",
+    [
+        (["--model.backbone.width=64", "--model.backbone.act=gelu", "--model.backbone.cifar_stem=false"], "resnet18"),
+        (["--model.backbone.norm=lng", "--model.backbone.norm_options.lng_groups=2", "--model.backbone.width=8"], None),
+        (["--model.backbone.width=8"], None),  # the CIFAR stem
+    ],
+    ids=["bn-gelu", "lng", "cifar-stem"],
+)
+def test_timm_folder_for_what_timm_has_and_a_statement_for_the_rest(tmp_path, overrides, architecture):
+    import timm
+
+    checkpoint = pretrain_checkpoint(tmp_path, *overrides)
+    logged = []
+    files = export_backbone(checkpoint, tmp_path / "export", formats=["safetensors", "timm"], log=logged.append)
+    readme = (tmp_path / "export" / "README.md").read_text()
+    if architecture is None:
+        assert "timm" not in files and not (tmp_path / "export" / "timm").exists()
+        assert any(line.startswith("skipped timm: timm has no ResNet with") for line in logged)
+        assert "load_backbone('backbone.safetensors')" in readme.split("Not written:")[1]
+        return
+    config = json.loads((files["timm"] / "config.json").read_text())
+    assert config["architecture"] == architecture and config["model_args"] == {"act_layer": "gelu"}
+    model = timm.create_model(f"local-dir:{files['timm']}", pretrained=True).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), load_backbone(files["safetensors"])(x))
+
+
 def test_non_bn_variant_rebuilds_from_metadata(tmp_path):
     checkpoint = pretrain_checkpoint(
         tmp_path, "--model.backbone.norm=pln", "--model.backbone.act=pln", "--model.backbone.width=8"
     )
-    main(["export", str(checkpoint), "--out", str(tmp_path / "export"), "--formats", "torchvision", "safetensors"])
+    main(
+        ["export", str(checkpoint), "--out", str(tmp_path / "export"), "--formats", "torchvision", "safetensors", "pt2"]
+    )
     metadata = json.loads((tmp_path / "export" / "backbone.json").read_text())
     umask = os.umask(0)
     os.umask(umask)
     for path in (tmp_path / "export").iterdir():  # readable by the other users of a shared folder
+        assert path.name in {"backbone.pth", "backbone.safetensors", "backbone.pt2", "backbone.json", "README.md"}
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     assert metadata["backbone"]["norm"] == "pln" and metadata["backbone"]["act"] == "pln"
     a, b = (
@@ -93,6 +144,7 @@ def test_non_bn_variant_rebuilds_from_metadata(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
+        torch.testing.assert_close(torch.export.load(tmp_path / "export" / "backbone.pt2").module()(x), b(x))
 
 
 def test_mismatched_architecture_and_bad_files_are_named(resnet50_export, tmp_path):
@@ -118,10 +170,13 @@ def test_timm_backbone_exports_to_plain_timm(tmp_path):
 
     checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.name=timm:resnet18")
     files = export_backbone(
-        checkpoint, tmp_path / "export", formats=["torchvision"], image_size=32, log=lambda *_: None
+        checkpoint, tmp_path / "export", formats=["torchvision", "timm"], image_size=32, log=lambda *_: None
     )
     reference = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
     reference.load_state_dict(torch.load(files["torchvision"], weights_only=True), strict=True)
+    from_folder = timm.create_model(f"local-dir:{files['timm']}", pretrained=True).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(reference(x), load_backbone(files["torchvision"])(x))
+        expected = load_backbone(files["torchvision"])(x)
+        torch.testing.assert_close(reference(x), expected)
+        torch.testing.assert_close(from_folder(x), expected)

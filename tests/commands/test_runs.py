@@ -366,12 +366,15 @@ def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path, 
 
     def signalled_after_first_epoch():
         if last.exists() and not (tmp_path / "signalled").exists():
-            time.sleep(0.3)  # a few steps into the next epoch
+            # a few steps into the next epoch: a tenth of the time the first one took, so that a
+            # loaded machine (slower steps) still gets past the epoch's first step
+            time.sleep(max(0.3, 0.1 * (time.time() - started)))
             (tmp_path / "signalled").touch()
             process.send_signal(signal.SIGUSR1)
         return (tmp_path / "requeued").exists()
 
     command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args]
+    started = time.time()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not signalled_after_first_epoch() and process.poll() is None and time.time() < deadline:

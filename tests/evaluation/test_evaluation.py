@@ -65,7 +65,7 @@ def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
     bank_loader, test_loader = DigitsDataModule().knn_dataloaders()
     bank, queries = extract_features(backbone, bank_loader), extract_features(backbone, test_loader)
     assert results["5-NN L2 (INTL)"] == knn_accuracy(
-        *bank, *queries, k=5, temperature=None, metric="l2", backend="torch"
+        *bank, *queries, k=5, temperature=None, metric="l2", normalize=False, backend="torch"
     )
     assert results["weighted k=20 T=0.07"] == knn_accuracy(*bank, *queries, k=20, backend="torch")
     assert set(results) == {"weighted k=20 T=0.07", "weighted k=200 T=0.07", "5-NN L2 (INTL)"}

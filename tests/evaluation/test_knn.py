@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from spectral_ssl.evaluation import knn_accuracy, knn_predict
+from spectral_ssl.evaluation import PROTOCOLS, knn_accuracy, knn_predict
 
 
 def test_unweighted_matches_scikit_learn():
@@ -20,7 +20,7 @@ def test_unweighted_matches_scikit_learn():
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_intl_protocol_5nn_l2_matches_scikit_learn(backend):
-    """5-NN, L2 distance on L2-normalized features, unweighted majority (the INTL / W-MSE protocol)."""
+    """5-NN, L2 distance, unweighted majority: on L2-normalized features and on raw ones."""
     import torch.nn.functional as F
 
     bank, labels = torch.randn(500, 32), torch.randint(0, 7, (500,))
@@ -33,6 +33,33 @@ def test_intl_protocol_5nn_l2_matches_scikit_learn(backend):
     sk = KNeighborsClassifier(n_neighbors=5, algorithm="brute").fit(bank.numpy(), labels.numpy())
     got = knn_predict(bank, labels, queries, k=5, temperature=None, metric="l2", normalize=False, backend=backend)
     assert torch.equal(got, torch.from_numpy(sk.predict(queries.numpy())))
+
+
+def official_eval_knn(bank, labels, queries, k=5):
+    """The INTL / W-MSE ``eval_knn``, written out: cdist on the raw features, the k nearest, and
+    the most frequent label among them (``unique`` sorts, ``argmax`` takes the first: ties go to
+    the smallest label)."""
+    nearest = torch.cdist(queries.double(), bank.double()).topk(k, dim=1, largest=False).indices
+    predictions = []
+    for row in labels[nearest]:
+        values, counts = row.unique(return_counts=True)
+        predictions.append(values[counts.argmax()])
+    return torch.stack(predictions)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_official_5nn_protocol_uses_raw_features_with_their_varied_norms(backend):
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(600, 24, generator=generator), torch.randn(250, 24, generator=generator)
+    bank = bank * torch.empty(600, 1).uniform_(0.1, 10.0, generator=generator)  # norms over two decades
+    queries = queries * torch.empty(250, 1).uniform_(0.1, 10.0, generator=generator)
+    labels = torch.randint(0, 6, (600,), generator=generator)
+    expected = official_eval_knn(bank, labels, queries)
+    got = knn_predict(bank, labels, queries, backend=backend, chunk_size=100, **PROTOCOLS["5-NN L2 (INTL)"])
+    assert torch.equal(got, expected)
+    # normalising first (what this protocol used to do) answers differently on these features
+    normalized = knn_predict(bank, labels, queries, k=5, temperature=None, metric="l2", normalize=True)
+    assert (normalized != expected).float().mean() > 0.3
 
 
 def test_faiss_and_torch_agree_on_weighted_knn_with_a_chunked_bank():

@@ -4,10 +4,13 @@ Two protocols, whose numbers are not comparable with each other:
 
 - weighted kNN (InstDisc / DINO): cosine similarity, the k nearest vote with weight
   exp(sim / T); k = 20 or 200, T = 0.07 — ``knn_predict(..., k=20, temperature=0.07)``;
-- the official INTL / W-MSE protocol: 5-NN by L2 distance, unweighted majority vote —
-  ``knn_predict(..., k=5, temperature=None, metric="l2")``.
+- the official INTL / W-MSE protocol (``eval_knn`` in their ``cifar/eval/evaluate.py``): 5-NN by
+  Euclidean distance between the *raw* backbone features (``torch.cdist``, no normalisation),
+  unweighted majority vote, ties to the smallest label —
+  ``knn_predict(..., k=5, temperature=None, metric="l2", normalize=False)``.
 
-Features are L2-normalized first (``normalize=True``), as the bank of both protocols is.
+``normalize=True`` (the default, right for the weighted protocol) L2-normalises bank and queries
+first; with it the L2 and cosine orders coincide. ``PROTOCOLS`` holds both, exactly.
 
 Search is exact: the k nearest are the k best scores, ties broken by the lower bank index, so
 the answer does not depend on how the bank is chunked or sharded. It runs in chunked torch on
@@ -42,7 +45,7 @@ Backend = Literal["auto", "faiss", "torch"]
 PROTOCOLS = {  # name: keyword arguments of knn_predict
     "weighted k=20": dict(k=20, temperature=0.07, metric="cosine"),
     "weighted k=200": dict(k=200, temperature=0.07, metric="cosine"),
-    "5-NN L2 (INTL)": dict(k=5, temperature=None, metric="l2"),
+    "5-NN L2 (INTL)": dict(k=5, temperature=None, metric="l2", normalize=False),
 }
 
 

@@ -33,7 +33,7 @@ from ..data.subsets import balanced_subset
 from ..distributed import world_size
 from ..spectral import full_precision
 from .features import apply_in_batches, extract_features, extract_shard
-from .knn import knn_accuracy
+from .knn import PROTOCOLS, knn_accuracy
 from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary, write_spectra
 
 # Lightning suggests sync_dist for epoch-level metrics under DDP; ours are equal on every rank by construction
@@ -133,8 +133,8 @@ class RawPixels(nn.Module):
 
 class KNNMonitor(_HeldOutMonitor):
     """kNN top-1 of the backbone's features on held-out images, in both protocols: weighted
-    (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN (L2,
-    unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
+    (cosine, ``k``, ``temperature``; logged as ``knn/top1``) and the official INTL 5-NN (L2 on
+    raw features, unweighted; ``knn/top1_5nn_l2``). See :mod:`spectral_ssl.evaluation.knn`.
 
     The bank is a fixed, seeded, class-balanced subset of at most ``max_bank`` clean training
     images (the whole training set when it is smaller; null: always all of it), extracted with
@@ -200,7 +200,7 @@ class KNNMonitor(_HeldOutMonitor):
             bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature, sharded=True
         )
         self.results_l2[name] = knn_accuracy(
-            bank, bank_labels, queries, query_labels, k=5, temperature=None, metric="l2", sharded=True
+            bank, bank_labels, queries, query_labels, sharded=True, **PROTOCOLS["5-NN L2 (INTL)"]
         )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
