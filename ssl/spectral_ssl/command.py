@@ -40,8 +40,9 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
 
 
 def quiet_third_party_notices() -> None:
-    """Silences what the user can do nothing about: the known deprecation notices other packages
-    raise about each other (jsonargparse's own switch, ``JSONARGPARSE_DEPRECATION_WARNINGS``, is
+    """Silences what the user can do nothing about: :data:`THIRD_PARTY_NOTICES` (deprecations
+    inside other packages, and Lightning's note that a resumed run's checkpoint folder is not
+    empty), jsonargparse's deprecation notices (its own switch, ``JSONARGPARSE_DEPRECATION_WARNINGS``,
     set to ``off`` unless already set) and Lightning's cloud-logger tip. Everything else shows."""
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     for category, message in THIRD_PARTY_NOTICES:
