@@ -369,8 +369,4 @@ def main(argv: list[str] | None = None):
     command = COMMANDS.get(argv[0])
     if command is None:
         sys.exit(f"spectral-ssl: unknown command {argv[0]!r}\n{USAGE}")
-    try:
-        args = resolve_config_arguments(argv[1:])
-    except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
-    return command(args)
+    return command(reports_bad_input(resolve_config_arguments)(argv[1:]))

@@ -30,6 +30,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -46,15 +47,6 @@ from .checkpoints import (
 from .command import command_parser, reports_bad_input
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
 
-FILES = {  # format: the file (or folder) it writes in the export folder
-    "torchvision": "backbone.pth",
-    "safetensors": "backbone.safetensors",
-    "timm": "timm",
-    "pt2": "backbone.pt2",
-    "torchscript": "backbone.torchscript.pt",
-    "onnx": "backbone.onnx",
-}
-FORMATS = tuple(FILES)
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
 
 __all__ = ["FORMATS", "export_backbone", "load_backbone", "main", "timm_equivalent"]  # load_backbone: read back
@@ -80,51 +72,6 @@ def timm_equivalent(backbone: Mapping) -> tuple[str, dict]:
     if any(reasons):
         raise ValueError("timm has no ResNet with " + " and ".join(r for r in reasons if r))
     return name, {"act_layer": "gelu"} if act == "gelu" else {}
-
-
-def export_backbone(
-    checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None, log=print
-) -> dict[str, Path]:
-    """Writes the requested formats (and ``README.md``) to ``out_dir``; returns {format: path}
-    of those written."""
-    unknown = [fmt for fmt in formats if fmt not in FILES]
-    if unknown:
-        raise ValueError(f"unknown export format(s) {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
-    state, metadata = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
-    state = {k: v.contiguous() for k, v in state.items()}
-    model = build_from_metadata(metadata)
-    load_weights(model, state, source=str(checkpoint))
-    model.eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "backbone.json", json.dumps(metadata, indent=2) + "\n")
-    size = image_size or (32 if metadata["backbone"].get("cifar_stem") else 224)
-    example = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        expected = model(example)
-    written, skipped = {}, {}
-    for fmt in formats:
-        target = out / FILES[fmt]
-        reason = WRITERS[fmt](target, model=model, state=state, metadata=metadata, example=example)
-        if reason:
-            skipped[fmt] = reason
-            log(f"skipped {fmt}: {reason}")
-            continue
-        with torch.no_grad():
-            got = CHECKS[fmt](target, example) if fmt in CHECKS else None
-        if got is not None:
-            error = ((got.float() - expected).norm() / expected.norm().clamp_min(1e-12)).item()
-            if error > TOLERANCE:
-                raise RuntimeError(f"{target.name}: output differs from eager PyTorch (relative error {error:g})")
-            log(f"{target.name} matches eager PyTorch (relative error {error:.1e})")
-        elif fmt in CHECKS:
-            log(f"{target.name} written but not checked: onnxruntime is not installed")
-        for path in [target, *target.rglob("*")] if target.is_dir() else [target]:
-            _readable_by_all(path)
-        written[fmt] = target
-        log(f"wrote {target}")
-    _write_text(out / "README.md", _readme(out, metadata, written, skipped))
-    return written
 
 
 def _write_torchvision(target: Path, *, state, **_) -> None:
@@ -211,38 +158,110 @@ def _run_onnx(target: Path, example: Tensor) -> Tensor | None:
     return torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
 
 
-WRITERS: dict[str, Callable[..., str | None]] = {  # each returns None, or why it wrote nothing
-    "torchvision": _write_torchvision,
-    "safetensors": _write_safetensors,
-    "timm": _write_timm,
-    "pt2": _write_pt2,
-    "torchscript": _write_torchscript,
-    "onnx": _write_onnx,
+class ExportFormat(NamedTuple):
+    """One export format: the file (or folder) it writes, its writer (returns None, or why it wrote
+    nothing), the line of the export's README that loads it (``{folder}``: the export folder), and
+    how the written file computes the example batch's features to compare with eager PyTorch (None:
+    nothing to run; it returns None itself when its runtime is not installed)."""
+
+    file: str
+    write: Callable[..., str | None]
+    loads_with: str
+    check: Callable[[Path, Tensor], Tensor | None] | None = None
+
+
+EXPORT_FORMATS = {
+    "torchvision": ExportFormat(
+        "backbone.pth",
+        _write_torchvision,
+        "`model.load_state_dict(torch.load('backbone.pth', weights_only=True))` into the matching model "
+        "(torchvision's ResNet with `fc = nn.Identity()` for BN ImageNet-stem ResNets)",
+    ),
+    "safetensors": ExportFormat(
+        "backbone.safetensors",
+        _write_safetensors,
+        "`spectral_ssl.checkpoints.load_backbone('backbone.safetensors')` (any variant; the architecture is "
+        "in the file's header), or `safetensors.torch.load_file` for the bare tensors",
+    ),
+    "timm": ExportFormat(
+        "timm",
+        _write_timm,
+        "`timm.create_model('local-dir:{folder}/timm', pretrained=True)` (a feature extractor, "
+        "`num_classes=0`; pass `num_classes=N` for a fresh classifier); upload the folder to the Hugging "
+        "Face Hub to load it as `hf-hub:<user>/<repo>`",
+        _load_timm,
+    ),
+    "pt2": ExportFormat(
+        "backbone.pt2",
+        _write_pt2,
+        "`torch.export.load('backbone.pt2').module()` (any batch and image size above the last stage's 1 x 1 map)",
+        lambda target, example: torch.export.load(target).module()(example),
+    ),
+    "torchscript": ExportFormat(
+        "backbone.torchscript.pt",
+        _write_torchscript,
+        "`torch.jit.load('backbone.torchscript.pt')`",
+        lambda target, example: torch.jit.load(str(target))(example),
+    ),
+    "onnx": ExportFormat(
+        "backbone.onnx",
+        _write_onnx,
+        "`onnxruntime.InferenceSession('backbone.onnx')`, input `images`, output `features`",
+        _run_onnx,
+    ),
 }
-CHECKS: dict[str, Callable[[Path, Tensor], Tensor | None]] = {  # the written file's output on the example batch
-    "timm": _load_timm,
-    "pt2": lambda target, example: torch.export.load(target).module()(example),
-    "torchscript": lambda target, example: torch.jit.load(str(target))(example),
-    "onnx": _run_onnx,
-}
+FORMATS = tuple(EXPORT_FORMATS)
+
+
+def export_backbone(
+    checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None, log=print
+) -> dict[str, Path]:
+    """Writes the requested formats (and ``README.md``) to ``out_dir``; returns {format: path}
+    of those written."""
+    unknown = [fmt for fmt in formats if fmt not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
+    state, metadata = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
+    state = {k: v.contiguous() for k, v in state.items()}
+    model = build_from_metadata(metadata)
+    load_weights(model, state, source=str(checkpoint))
+    model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "backbone.json", json.dumps(metadata, indent=2) + "\n")
+    size = image_size or (32 if metadata["backbone"].get("cifar_stem") else 224)
+    example = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(example)
+    written, skipped = {}, {}
+    for fmt in formats:
+        spec = EXPORT_FORMATS[fmt]
+        target = out / spec.file
+        reason = spec.write(target, model=model, state=state, metadata=metadata, example=example)
+        if reason:
+            skipped[fmt] = reason
+            log(f"skipped {fmt}: {reason}")
+            continue
+        with torch.no_grad():
+            got = spec.check(target, example) if spec.check else None
+        if got is not None:
+            error = ((got.float() - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+            if error > TOLERANCE:
+                raise RuntimeError(f"{target.name}: output differs from eager PyTorch (relative error {error:g})")
+            log(f"{target.name} matches eager PyTorch (relative error {error:.1e})")
+        elif spec.check:
+            log(f"{target.name} written but not checked: onnxruntime is not installed")
+        for path in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            _readable_by_all(path)
+        written[fmt] = target
+        log(f"wrote {target}")
+    _write_text(out / "README.md", _readme(out, metadata, written, skipped))
+    return written
 
 
 def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: Mapping[str, str]) -> str:
     """The export folder's README: each file, and the line that loads it."""
     folder = out.resolve()
-    how = {
-        "torchvision": "`model.load_state_dict(torch.load('backbone.pth', weights_only=True))` into the "
-        "matching model (torchvision's ResNet with `fc = nn.Identity()` for BN ImageNet-stem ResNets)",
-        "safetensors": "`spectral_ssl.checkpoints.load_backbone('backbone.safetensors')` (any variant; the "
-        "architecture is in the file's header), or `safetensors.torch.load_file` for the bare tensors",
-        "timm": f"`timm.create_model('local-dir:{folder / 'timm'}', pretrained=True)` (a feature "
-        "extractor, `num_classes=0`; pass `num_classes=N` for a fresh classifier); upload the folder to "
-        "the Hugging Face Hub to load it as `hf-hub:<user>/<repo>`",
-        "pt2": "`torch.export.load('backbone.pt2').module()` (any batch and image size above the last "
-        "stage's 1 x 1 map)",
-        "torchscript": "`torch.jit.load('backbone.torchscript.pt')`",
-        "onnx": "`onnxruntime.InferenceSession('backbone.onnx')`, input `images`, output `features`",
-    }
     backbone = metadata["backbone"]
     lines = [
         f"# Backbone exported by spectral-ssl from `{metadata['source']}`",
@@ -255,7 +274,10 @@ def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: 
         "| file | loads with |",
         "|---|---|",
         "| `backbone.json` | the architecture, for `load_backbone('backbone.pth')` |",
-        *(f"| `{path.name}{'/' if path.is_dir() else ''}` | {how[fmt]} |" for fmt, path in written.items()),
+        *(
+            f"| `{path.name}{'/' if path.is_dir() else ''}` | {EXPORT_FORMATS[fmt].loads_with.format(folder=folder)} |"
+            for fmt, path in written.items()
+        ),
     ]
     if skipped:
         lines += ["", "Not written:", "", *(f"- {fmt}: {reason}" for fmt, reason in skipped.items())]
