@@ -95,3 +95,28 @@ def tied_bank():
     labels = torch.randint(0, 4, (90,), generator=generator)
     queries = base[torch.randint(0, 12, (25,), generator=generator)] + 0.0
     return bank, labels, queries
+
+
+@pytest.fixture(scope="session")
+def trained_against_initial():
+    """``trained_against_initial(cli, batches=4) -> (trained loss, initial loss)``: the method's loss
+    on the same first ``batches`` batches of views for the run's trained model and for the same model
+    rebuilt from the run's seed (0) before training; train mode (batch statistics, as in training),
+    on copies. A paired comparison: other batches each step make logged losses too noisy for a
+    slowly moving loss."""
+    import copy
+    import itertools
+
+    def mean_loss(model, batches) -> float:
+        model = copy.deepcopy(model).train()
+        with torch.no_grad():
+            return sum(float(model.step_outputs(batch[0])["loss"]) for batch in batches) / len(batches)
+
+    def compare(cli, batches: int = 4) -> tuple[float, float]:
+        trained = cli.model
+        torch.manual_seed(0)  # the run's seed (seed_everything: 0) before the model is built
+        initial = type(trained)(**{k: v for k, v in trained.hparams.items() if not k.startswith("_")})
+        fixed = list(itertools.islice(cli.datamodule.train_dataloader(), batches))
+        return mean_loss(trained, fixed), mean_loss(initial, fixed)
+
+    return compare

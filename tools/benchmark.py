@@ -3,6 +3,11 @@
     python tools/benchmark.py iternorm [--sizes 256x8192 1024x8192 ...] [--out table.md]
     python tools/benchmark.py pipeline [--shapes cifar imagenet] [--workers 16] [--out table.md]
     python tools/benchmark.py scale [--quick] [--out table.md]
+    python tools/benchmark.py backbones [--batch N] [--out table.md]
+
+``backbones``: parameters, forward FLOPs per image (torch's FlopCounterMode) and the step time of
+ResNet-18/50 and ViT-Tiny/Small at 32 and 224 px side by side, and a ViT-Small's norm choices (LN,
+RMSNorm, PLN, PLS, LN-G, PLN also as the activation) as ratios to LN measured in the same run.
 
 ``scale``: what each part of a run costs as the dataset grows, extrapolated to ImageNet-1k and
 -21k (see ``tools/scale_benchmark.py``).
@@ -77,7 +82,7 @@ def whitening_step(n: int, d: int, form: str, device: torch.device):
 def model_step(arch: str, batch: int, image: int, dim: int, device: torch.device, bf16: bool):
     """One two-view training step of backbone + projector + INTL loss (forward + backward)."""
     backbone = create_backbone(arch, cifar_stem=image <= 64).to(device)
-    projector = Projector(backbone.num_features, [dim, dim], dim).to(device)
+    projector = Projector(backbone.feature_dim, [dim, dim], dim).to(device)
     loss = INTLLoss(axis=1, gather=False)
     images = [torch.randn(batch, 3, image, image, device=device) for _ in range(2)]
     if device.type == "cuda":
@@ -438,6 +443,91 @@ def run_pipeline(args) -> str:
     return "\n".join(rows)
 
 
+BACKBONE_ROWS = [  # (label, create_backbone options, image size)
+    ("ResNet-18, CIFAR stem", dict(name="resnet18", cifar_stem=True), 32),
+    ("ViT-Tiny/4", dict(name="vit_tiny", patch_size=4), 32),
+    ("ViT-Small/4", dict(name="vit_small", patch_size=4), 32),
+    ("ResNet-18", dict(name="resnet18"), 224),
+    ("ResNet-50", dict(name="resnet50"), 224),
+    ("ViT-Tiny/16", dict(name="vit_tiny", patch_size=16), 224),
+    ("ViT-Small/16", dict(name="vit_small", patch_size=16), 224),
+]
+VIT_NORMS = ["ln", "rms", "pln", "pls", "lng", "pln+pln"]  # pln+pln: PLN as the norm and as the MLPs' activation
+
+
+def backbone_step(options: dict, image: int, batch: int, device: torch.device, bf16: bool):
+    """Forward + backward of the backbone alone on ``batch`` images (the loss: the features' mean square)."""
+    model = create_backbone(**options, image_size=image).to(device)
+    images = torch.randn(batch, 3, image, image, device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(images).float().square().mean()
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return model, step
+
+
+def flops_per_image(model, image: int, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.randn(1, 3, image, image, device=device))
+    model.train()
+    return counter.get_total_flops()
+
+
+def run_backbones(args) -> str:
+    """Parameters, forward FLOPs per image and the training step (forward + backward) of ResNets and
+    ViTs side by side, then a ViT's norm choices against LayerNorm in the same run (ratios)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    min_time = 1.0 if gpu else 0.5
+    rows = [
+        f"Backbones side by side; {device_name(device)}, torch {torch.__version__}, {datetime.date.today()}. "
+        f"Step: forward + backward of the backbone alone, {'bf16 autocast' if gpu else 'fp32'}.",
+        "",
+        "| backbone | image | parameters | GFLOPs / image (forward) | batch | ms / step | images / s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, options, image in BACKBONE_ROWS:
+        batch = args.batch or (256 if gpu else 32 if image <= 64 else 8)
+        model, step = backbone_step(options, image, batch, device, gpu)
+        ms = time_ms(step, min_time)
+        params = sum(p.numel() for p in model.parameters())
+        gflops = flops_per_image(model, image, device) / 1e9
+        rows.append(
+            f"| {label} | {image} | {params / 1e6:.1f} M | {gflops:.2f} | {batch} | {ms:.1f} "
+            f"| {batch / ms * 1e3:,.0f} |"
+        )
+        print(rows[-1], flush=True)
+    image, patch = 32, 4
+    batch = args.batch or (256 if gpu else 32)
+    rows += [
+        "",
+        f"ViT-Small/{patch} at {image} px, the norm (and activation) against LayerNorm, measured in the same run:",
+        "",
+        "| norm | ms / step | ratio to ln |",
+        "|---|---|---|",
+    ]
+    reference = None
+    for choice in VIT_NORMS:
+        norm, _, act = choice.partition("+")
+        _, step = backbone_step(
+            dict(name="vit_small", patch_size=patch, norm=norm, act=act or None), image, batch, device, gpu
+        )
+        ms = time_ms(step, min_time)
+        reference = reference or ms
+        rows.append(f"| {choice} | {ms:.1f} | {ms / reference:.2f} |")
+        print(rows[-1], flush=True)
+    rows += ["", f"Command: `python tools/benchmark.py {' '.join(sys.argv[1:])}`"]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -453,6 +543,9 @@ def main() -> None:
     pipeline.add_argument("--images", type=int, help="size of the generated training set")
     pipeline.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
     pipeline.add_argument("--out", type=Path, help="also write the markdown table here")
+    backbones = sub.add_parser("backbones", help="ResNets and ViTs: parameters, FLOPs, step time; ViT norms")
+    backbones.add_argument("--batch", type=int, help="images per step (CUDA 256; CPU 32 at 32 px, 8 at 224 px)")
+    backbones.add_argument("--out", type=Path, help="also write the markdown table here")
     scale = sub.add_parser("scale", help="cost of each component at growing dataset sizes, extrapolated")
     scale.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     scale.add_argument(
@@ -469,7 +562,8 @@ def main() -> None:
 
         table = run_scale(args)
     else:
-        table = run_iternorm(args) if args.benchmark == "iternorm" else run_pipeline(args)
+        run = {"iternorm": run_iternorm, "pipeline": run_pipeline, "backbones": run_backbones}[args.benchmark]
+        table = run(args)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")

@@ -396,6 +396,36 @@ def build_multi_crop() -> tuple[str, dict]:
     return header, config
 
 
+VIT_SOURCE = (
+    "ViT-S recipe: AdamW, lr 3e-4 x global batch / 256, weight decay 0.1, 10 warm-up epochs then cosine "
+    "(solo-learn scripts/pretrain/imagenet-100/mocov3_vit.yaml); biases, norms, position embedding and "
+    "class token spared from weight decay (DINO's get_params_groups, timm's no_weight_decay)"
+)
+VIT_OPT = opt("adamw", 3e-4, 0.1, warmup=10)
+
+
+def build_vit(dataset: str, method: str, multi_crop: bool = False) -> tuple[str, dict]:
+    """The ResNet config of ``dataset`` x ``method`` with ViT-Small (patch 4 on CIFAR's 32 px,
+    16 at ImageNet's 224) and the ViT optimizer recipe; the method's own options stay."""
+    header, config = build_multi_crop() if multi_crop else build(dataset, method)
+    init = config["model"]["init_args"]
+    init["backbone"] = {"name": "vit_small", "patch_size": 4 if dataset.startswith("cifar") else 16}
+    init["optimizer"] = copy.deepcopy(VIT_OPT)
+    name = f"{method}_vit_small"
+    config["run_name"] = f"{dataset}_{name}"
+    first = (
+        header.splitlines()[0]
+        .replace("ResNet-50", "ViT-S/16")
+        .replace("ResNet-18", "ViT-S/4" if dataset.startswith("cifar") else "ViT-S/16")
+    )
+    header = (
+        f"{first}\n# Source: the method's settings as configs/{dataset}/{method}.yaml; {VIT_SOURCE}.\n"
+        f"# spectral-ssl pretrain --config {dataset}/{name} --data.init_args.root=<dataset folder>\n"
+        "# Written by tools/write_configs.py from its tables; edit those, then re-run it.\n"
+    )
+    return header, config
+
+
 class _Dumper(yaml.SafeDumper):
     """Block-style mappings, lists of plain values on one line, no YAML anchors."""
 
@@ -414,6 +444,8 @@ def all_configs() -> dict[Path, str]:
     files = {}
     entries = [((d, m), build(d, m)) for m in METHODS for d in DATASETS]
     entries.append((("imagenet", "intl_multicrop"), build_multi_crop()))
+    entries += [((d, f"{m}_vit_small"), build_vit(d, m)) for m in METHODS for d in DATASETS]
+    entries.append((("imagenet", "intl_multicrop_vit_small"), build_vit("imagenet", "intl_multicrop", multi_crop=True)))
     for (dataset, method), (header, config) in entries:
         files[Path("configs") / dataset / f"{method}.yaml"] = header + yaml.dump(
             config, Dumper=_Dumper, sort_keys=False, width=120

@@ -198,7 +198,7 @@ def _load_encoder(path: Path) -> tuple[nn.Module, nn.Module | None]:
     projector_state = submodule_state(checkpoint, "projector.")
     projector = None
     if dims and projector_state:
-        projector = Projector(backbone.num_features, dims[:-1], dims[-1])
+        projector = Projector(backbone.feature_dim, dims[:-1], dims[-1])
         load_weights(projector, projector_state, source=f"{path} (projector)")
         projector.eval()
     return backbone.eval(), projector

@@ -34,6 +34,7 @@ from .evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, Spectru
 from .methods import SSLMethod
 from .runs import (
     AtomicCheckpointIO,
+    RunCheckpoint,
     choose_checkpoint,
     holds_a_run,
     move_aside,
@@ -98,7 +99,9 @@ class TrainCLI(LightningCLI):
             parser.add_lightning_class_args(KNNMonitor, "knn")
             parser.add_lightning_class_args(OnlineLinearProbe, "online_probe")
             parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        if self.subclass_mode_model:  # an SSLMethod: its backbone is built for the data's image size
+            parser.link_arguments("data.image_size", "model.init_args.backbone.image_size", apply_on="instantiate")
         defaults = {"checkpoint.save_last": "link", "checkpoint.enable_version_counter": False}
         # a default class's init_args would carry over into a class given later with the same argument
         # names (jsonargparse's rule: the digits' image_size 16 and num_workers 0 into ImageFolder), so

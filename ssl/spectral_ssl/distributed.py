@@ -57,6 +57,14 @@ def all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Te
     return y.to(x.device)
 
 
+def total_over_ranks(count: int) -> int:
+    """The sum of every rank's ``count`` (rows each holds of a sharded set); ``count`` itself when
+    not running distributed."""
+    if world_size() == 1:
+        return count
+    return int(all_reduce(torch.tensor([count])).item())
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sends each rank the gradient of its own slice.
 

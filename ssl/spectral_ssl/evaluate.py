@@ -30,7 +30,7 @@ from torch import nn
 from .checkpoints import load_encoder
 from .command import command_parser, reports_bad_input
 from .data import SSLDataModule, balanced_subset
-from .distributed import rank
+from .distributed import rank, total_over_ranks
 from .evaluation import (
     PROTOCOLS,
     FeatureFile,
@@ -108,7 +108,7 @@ def _features(model: nn.Module, datamodule: SSLDataModule, config, device, preci
     seconds: the plan of the module docstring."""
     train_loader, test_loader = datamodule.knn_dataloaders(config.batch_size)
     start = time.perf_counter()
-    width = getattr(model, "num_features", None)
+    width = getattr(model, "feature_dim", None)
     share = -(-len(train_loader.dataset) // (dist.get_world_size() if dist.is_initialized() else 1))
     store = None
     if width is None or share * width * 4 > config.memory_budget_gb * 2**30:
@@ -138,8 +138,8 @@ def knn(args: list[str]) -> dict[str, float]:
     config, datamodule, backbone, _, device, precision = _setup(parser, args)
     (bank, bank_labels), (queries, labels), seconds = _features(backbone, datamodule, config, device, precision)
     where = "a file" if isinstance(bank, FeatureFile) else str(bank.device)
-    _say(
-        f"features: {len(datamodule.labels('train'))} train x {bank.shape[1]} (this process's share of "
+    _say(  # counts of the images in the features: unreadable files are not among them
+        f"features: {total_over_ranks(len(bank))} train x {bank.shape[1]} (this process's share of "
         f"{len(bank)} in {where}), {len(queries)} test, extracted in {seconds:.1f} s"
     )
     protocols = {f"weighted k={k} T={config.temperature}": dict(k=k, temperature=config.temperature) for k in config.k}
@@ -193,9 +193,10 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
         checkpoint = Path(config.checkpoint).resolve()
         out = Path(config.out) if config.out else checkpoint.parent / "spectrum"
         run = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "export") else checkpoint.parent
-        title = f"{run.name}/{checkpoint.name}: {config.split} split, {len(indices):,} images"
-        png, csv = write_spectra(spectra, out, title, num_samples=len(indices), summaries=summaries)
-        print(f"wrote {png} and {csv}")
+        used = len(features["backbone"])  # the images read: unreadable files are left out
+        title = f"{run.name}/{checkpoint.name}: {config.split} split, {used:,} images"
+        png, csv = write_spectra(spectra, out, title, num_samples=used, summaries=summaries)
+        print(f"wrote {png} and {csv} ({used:,} images of the {config.split} split)")
     return summaries
 
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from .checkpoints import (
     METADATA_KEY,
@@ -46,21 +46,29 @@ from .checkpoints import (
 )
 from .command import command_parser, reports_bad_input
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
+from .models.factory import default_norm_act
+from .models.vit import VIT_PRESETS
 
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
 
 __all__ = ["FORMATS", "export_backbone", "load_backbone", "main", "timm_equivalent"]  # load_backbone: read back
 
 
-def timm_equivalent(backbone: Mapping) -> tuple[str, dict]:
+def timm_equivalent(backbone: Mapping, model: nn.Module) -> tuple[str, dict]:
     """timm's (architecture, model_args) for a backbone description (``BackboneConfig`` as a
-    dict) whose state_dict timm's model loads with ``strict=True`` and computes the same
-    function with; a ValueError saying why not otherwise."""
-    name, norm, act = backbone["name"], backbone.get("norm", "bn"), backbone.get("act", "relu")
+    dict; ``model``: the backbone it built) whose state_dict timm's model loads with
+    ``strict=True`` and computes the same function with; a ValueError saying why not otherwise."""
+    name = backbone["name"]
+    default_norm, default_act = default_norm_act(name)
+    norm, act = backbone.get("norm") or default_norm, backbone.get("act") or default_act
     if name.startswith("timm:"):
-        if norm != "bn" or act != "relu":
+        if norm not in (None, "bn") or act not in (None, "relu"):
             raise ValueError(f"norm={norm!r} / act={act!r} replace layers inside timm's {name[5:]}")
-        return name.removeprefix("timm:"), {}
+        return name.removeprefix("timm:"), {"img_size": backbone["image_size"]} if backbone.get("image_size") else {}
+    if name in VIT_PRESETS:
+        if (norm, act) != ("ln", "gelu"):
+            raise ValueError(f"timm has no VisionTransformer with norm={norm!r} / act={act!r} (it has ln and gelu)")
+        return f"{name}_patch16_224", dict(model.timm_args)
     reasons = [
         f"norm={norm!r} (timm's ResNets take bn or syncbn)" if norm not in ("bn", "syncbn") else "",
         f"act={act!r} (timm's ResNets take relu or gelu here)" if act not in ("relu", "gelu") else "",
@@ -86,10 +94,13 @@ def _write_timm(target: Path, *, state, metadata, model, example, **_) -> str | 
     """timm's pretrained folder: ``config.json`` (architecture, model_args, pretrained_cfg) and
     ``model.safetensors``; ``num_classes=0`` (a feature extractor: ``fc`` is ``nn.Identity``)."""
     try:
-        architecture, model_args = timm_equivalent(metadata["backbone"])
+        architecture, model_args = timm_equivalent(metadata["backbone"], model)
     except ValueError as error:
         return f"{error}; load it with spectral_ssl.checkpoints.load_backbone('backbone.safetensors')"
     target.mkdir(exist_ok=True)
+    import timm
+
+    own = timm.create_model(architecture, pretrained=False, **model_args).pretrained_cfg  # its layer names
     config = {
         "architecture": architecture,
         "num_classes": 0,
@@ -101,8 +112,8 @@ def _write_timm(target: Path, *, state, metadata, model, example, **_) -> str | 
             "std": list(IMAGENET_STD),
             "interpolation": "bilinear",
             "crop_pct": 0.875,
-            "first_conv": "conv1",
-            "classifier": "fc",
+            "first_conv": own["first_conv"],
+            "classifier": own["classifier"],
             "num_classes": 0,
         },
     }
@@ -213,6 +224,12 @@ EXPORT_FORMATS = {
 FORMATS = tuple(EXPORT_FORMATS)
 
 
+def trained_image_size(backbone: Mapping) -> int:
+    """The image side the checkpoint's backbone was trained at (kept in its config since the
+    commands link it from the data); for older checkpoints 32 with the CIFAR stem, else 224."""
+    return backbone.get("image_size") or (32 if backbone.get("cifar_stem") else 224)
+
+
 def export_backbone(
     checkpoint: str | Path, out_dir: str | Path, formats=FORMATS, image_size: int | None = None, log=print
 ) -> dict[str, Path]:
@@ -229,7 +246,8 @@ def export_backbone(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "backbone.json", json.dumps(metadata, indent=2) + "\n")
-    size = image_size or (32 if metadata["backbone"].get("cifar_stem") else 224)
+    size = image_size or trained_image_size(metadata["backbone"])
+    metadata = {**metadata, "example_image_size": size}
     example = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(example)
@@ -259,17 +277,30 @@ def export_backbone(
     return written
 
 
+def _architecture(backbone: Mapping) -> str:
+    """The options that say what the exported network is, for its README."""
+    norm, act = default_norm_act(backbone["name"])
+    norm, act = backbone.get("norm") or norm or "its own", backbone.get("act") or act or "its own"
+    if backbone["name"] in VIT_PRESETS:
+        size = {k: backbone.get(k) for k in ("patch_size", "embed_dim", "depth", "num_heads")}
+        shape = ", ".join(f"{k} `{v}`" for k, v in size.items() if v) or "the preset's sizes"
+        return f"norm `{norm}`, act `{act}`, {shape}, pooling `{backbone.get('pooling') or 'token'}`"
+    stem = "CIFAR" if backbone.get("cifar_stem") else "ImageNet"
+    return f"norm `{norm}`, act `{act}`, width `{backbone.get('width')}`, {stem} stem"
+
+
 def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: Mapping[str, str]) -> str:
     """The export folder's README: each file, and the line that loads it."""
     folder = out.resolve()
-    backbone = metadata["backbone"]
+    backbone, size = metadata["backbone"], metadata["example_image_size"]
     lines = [
         f"# Backbone exported by spectral-ssl from `{metadata['source']}`",
         "",
-        f"`{backbone['name']}`, norm `{backbone.get('norm')}`, act `{backbone.get('act')}`, width "
-        f"`{backbone.get('width')}`, {'CIFAR' if backbone.get('cifar_stem') else 'ImageNet'} stem; epoch "
+        f"`{backbone['name']}`, {_architecture(backbone)}; epoch "
         f"{metadata.get('epoch')}, step {metadata.get('global_step')}. Input: RGB images normalised with "
-        "the training data's mean and std; output: the pooled features.",
+        f"the training data's mean and std, {size} x {size} pixels for the formats fixed to one size (ONNX: "
+        f"{size} x {size} only; the size it was traced at, `spectral-ssl export --image_size`, by default the "
+        "size the model was trained at); output: the pooled features.",
         "",
         "| file | loads with |",
         "|---|---|",
@@ -315,7 +346,8 @@ def main(args: list[str]) -> dict[str, Path]:
         "--image_size",
         type=int | None,
         default=None,
-        help="example input size for tracing (default 32 with the CIFAR stem, else 224)",
+        help="the image side the formats fixed to one size (ONNX) take, and the example traced and checked "
+        "(default: the size the checkpoint was trained at)",
     )
     config = parser.parse_args(args)
     out = config.out or Path(config.checkpoint).resolve().parent.parent / "export"

@@ -13,7 +13,7 @@ from .models.norms import is_norm
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """SGD, LARS or Adam (``name``), linear warm-up then cosine decay, stepped every iteration.
+    """SGD, LARS, Adam or AdamW (``name``), linear warm-up then cosine decay, stepped every iteration.
 
     ``lr`` is the base learning rate for a global batch of 256: the optimizer uses
     lr * (per-device batch x devices x nodes x gradient accumulation) / 256. The cosine ends at
@@ -44,17 +44,39 @@ def scaled_lr(base_lr: float, trainer) -> float:
     return base_lr * global_batch_size(trainer) / 256
 
 
+def planned_steps(trainer) -> tuple[int, int]:
+    """(T, S): the optimizer steps of the whole run and of one epoch, per process.
+
+    T is Lightning's ``estimated_stepping_batches``: the run ends at ``max_steps`` or after
+    ``max_epochs`` epochs of ceil(batches / ``accumulate_grad_batches``) steps, whichever comes
+    first (``limit_train_batches``, devices and nodes are in the batch count). S counts the
+    last, partial accumulation of an epoch as a step, as Lightning does. Raises ValueError when
+    nothing bounds the run (``max_epochs=-1`` and no ``max_steps``): no schedule has an end then.
+    """
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total):
+        raise ValueError(
+            "the run has no end (trainer.max_epochs=-1 and no trainer.max_steps), so the learning-rate and momentum "
+            "schedules cannot be planned: set --trainer.max_epochs or --trainer.max_steps"
+        )
+    steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+    return int(total), steps_per_epoch
+
+
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Two groups: decayed weights, and (when excluded) biases + normalization parameters with
-    weight_decay 0. Normalization layers are found by module type, not by tensor shape."""
+    """Two groups: decayed weights, and (when excluded) biases, normalization parameters and
+    what a module lists in timm's ``no_weight_decay()`` (a ViT's position embedding and class
+    token, as DINO's and solo-learn's ViT recipes exclude them) with weight_decay 0.
+    Normalization layers are found by module type, not by tensor shape."""
     if not exclude_bias_and_norm:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     decay, no_decay = [], []
     for module in model.modules():
+        listed = module.no_weight_decay() if callable(getattr(module, "no_weight_decay", None)) else set()
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            (no_decay if is_norm(module) or name == "bias" else decay).append(param)
+            (no_decay if is_norm(module) or name == "bias" or name in listed else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -72,7 +94,9 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
         return Lars(groups, lr=lr, momentum=config.momentum)
     if config.name == "adam":  # W-MSE's optimizer; weight decay as L2 in the gradient, as in its code
         return torch.optim.Adam(groups, lr=lr, fused=fused)
-    raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars' or 'adam'")
+    if config.name == "adamw":  # the ViT recipes' (DINO, solo-learn): decoupled weight decay
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose 'sgd', 'lars', 'adam' or 'adamw'")
 
 
 class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):

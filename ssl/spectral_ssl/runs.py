@@ -28,9 +28,11 @@ from typing import Any
 import torch
 import yaml
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpoints import unreadable_reason
+from .models.factory import BackboneConfig, default_norm_act
 
 
 class CheckpointWriteError(OSError):
@@ -60,6 +62,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "checkpoint is saved: free space or fix the folder's permissions, then run "
                 "the same command to resume"
             ) from error
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also saves the end of training when its trigger did not:
+    with ``every_n_train_steps`` (or ``train_time_interval``) Lightning saves no epoch ends, so a
+    run of 44 steps checkpointed every 5 ended with ``last.ckpt`` at step 40 and its last 4 steps
+    lost (and ``every_n_epochs`` cannot be combined with them)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_global_step_saved and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
 
 
 def run_checkpoints(run_dir: Path, folder: Path, kind: str | None = None) -> list[Path]:
@@ -113,6 +129,7 @@ MAY_CHANGE_ON_RESUME = (
     "data.num_workers",  # where the run goes on (a requeue on other nodes, the dataset moved)
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.callbacks",  # the user's own (an lr monitor, a fault injected by a test): they watch the run
     "knn.",
     "spectrum.",
     "online_probe.",
@@ -142,8 +159,10 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """The keys whose values differ between a run's saved config and the current one, as
-    ``"key: old -> new"``: (those that may change on resume, those that may not)."""
-    saved, current = _renamed(flat_config(saved)), flat_config(current)
+    ``"key: old -> new"``: (those that may change on resume, those that may not). A backbone's
+    norm or act left unset is its architecture's own (runs saved before the unset default
+    wrote ``bn``/``relu``)."""
+    saved, current = _with_own_norm_act(_renamed(flat_config(saved))), _with_own_norm_act(flat_config(current))
     allowed, refused = [], []
     for key in sorted(saved.keys() | current.keys()):
         if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key):
@@ -151,6 +170,15 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         may_change = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
         (allowed if may_change else refused).append(f"{key}: {saved.get(key)} -> {current.get(key)}")
     return allowed, refused
+
+
+def _with_own_norm_act(flat: dict[str, Any]) -> dict[str, Any]:
+    norm, act = default_norm_act(flat.get("model.backbone.name") or BackboneConfig.name)
+    return {
+        **flat,
+        "model.backbone.norm": flat.get("model.backbone.norm") or norm,
+        "model.backbone.act": flat.get("model.backbone.act") or act,
+    }
 
 
 def _renamed(flat: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
         "--knn.k=5",
         "--data.init_args.batch_size=12",
     ]
+    if model["backbone"]["name"].startswith("vit"):  # one narrow block: the patch size and image size stay
+        args += ["--model.init_args.backbone.depth=1", "--model.init_args.backbone.embed_dim=24"]
+        args.append("--model.init_args.backbone.num_heads=2")
     dims = [16] * (len(model["projector_dims"]) - 1) + [8 if method == "WMSE" else 16]
     args.append(f"--model.init_args.projector_dims={dims}")
     if method == "WMSE":
@@ -83,7 +86,10 @@ def test_every_config_states_its_monitor_budgets(config):
     assert parsed["spectrum"]["max_images"] > widest  # the spectrum sees more images than dimensions
 
 
-@pytest.mark.parametrize("name", ["imagenet/intl", "imagenet/intl_multicrop", "imagenet100/intl"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["imagenet/intl", "imagenet/intl_multicrop", "imagenet100/intl", "imagenet/intl_multicrop_vit_small"]
+)
 def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, tmp_path):
     """A few steps of the shipped ImageNet configs on a synthetic tree of 375 x 500 JPEGs (ImageNet's
     typical size), with the kNN (baselines included), spectrum and online-probe monitors on."""
@@ -111,6 +117,7 @@ def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, 
     assert len(index_files) == 2  # the file index, cached in the run folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", PRETRAINING, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_builds_and_trains_one_step(config, datasets, tmp_path):
     parsed = yaml.safe_load(config.read_text())

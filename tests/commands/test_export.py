@@ -94,6 +94,22 @@ def test_onnx_matches_pytorch(resnet50_export):
     assert ((got - expected).norm() / expected.norm()).item() < 1e-5
 
 
+def test_onnx_is_exported_at_the_size_the_model_was_trained_at(tmp_path):
+    """The digits are 16 x 16: the ONNX file takes 16 x 16 images by default (it used to take the
+    stem's default, 32, and refuse the data the model was trained on), and the README says so."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.width=8")
+    assert torch.load(checkpoint, weights_only=True)["hyper_parameters"]["backbone"]["image_size"] == 16
+    files = export_backbone(checkpoint, tmp_path / "export", formats=["safetensors", "onnx"], log=lambda *_: None)
+    assert "16 x 16 pixels" in (tmp_path / "export" / "README.md").read_text()
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 16, 16)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        expected = load_backbone(files["safetensors"])(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
 @pytest.mark.parametrize(
     "overrides, architecture",
     [
@@ -180,3 +196,46 @@ def test_timm_backbone_exports_to_plain_timm(tmp_path):
         expected = load_backbone(files["torchvision"])(x)
         torch.testing.assert_close(reference(x), expected)
         torch.testing.assert_close(from_folder(x), expected)
+
+
+VIT = ["--model.backbone.name=vit_tiny", "--model.backbone.depth=2", "--model.backbone.embed_dim=48"]
+
+
+def test_a_layernorm_vit_exports_to_timm_and_every_format_with_equal_outputs(tmp_path):
+    """A ViT with timm's own norm and activation: its timm folder loads with
+    ``timm.create_model("local-dir:...")`` and computes what ours does, at the training size (the
+    digits' 16 px, patch 2) and, as the other formats, at another batch size."""
+    import timm
+
+    checkpoint = pretrain_checkpoint(tmp_path, *VIT)
+    files = export_backbone(checkpoint, tmp_path / "export", log=lambda *_: None)
+    assert {"timm", "pt2", "torchscript", "safetensors"} <= set(files)
+    ours = load_backbone(files["safetensors"])
+    reference = timm.create_model(f"local-dir:{files['timm']}", pretrained=True).eval()
+    assert type(reference).__name__ == "VisionTransformer" and reference.patch_embed.patch_size == (2, 2)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        expected = ours(x)
+        torch.testing.assert_close(reference(x), expected)
+        torch.testing.assert_close(torch.export.load(files["pt2"]).module()(x), expected)
+        torch.testing.assert_close(torch.jit.load(files["torchscript"])(x), expected)
+    readme = (tmp_path / "export" / "README.md").read_text()
+    assert "`vit_tiny`, norm `ln`, act `gelu`, embed_dim `48`, depth `2`, pooling `token`" in readme
+
+
+def test_a_pln_vit_exports_and_loads_back_equal(tmp_path):
+    """PLN as the norm and as the MLPs' activation: no timm architecture has it (the folder is
+    skipped, saying why); load_backbone rebuilds it from the safetensors header, equal outputs."""
+    checkpoint = pretrain_checkpoint(tmp_path, *VIT, "--model.backbone.norm=pln", "--model.backbone.act=pln")
+    logged = []
+    files = export_backbone(checkpoint, tmp_path / "export", formats=["safetensors", "timm"], log=logged.append)
+    assert "timm" not in files and any("timm has no VisionTransformer with norm='pln'" in line for line in logged)
+    state, _ = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
+    loaded = load_backbone(files["safetensors"])
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    model = torch.load(checkpoint, weights_only=True)
+    assert model["hyper_parameters"]["backbone"]["act"] == "pln"
+    assert isinstance(loaded.blocks[0].mlp.act, torch.nn.Module) and type(loaded.blocks[0].mlp.act).__name__ == (
+        "ParallelLayerNorm"
+    )

@@ -12,6 +12,8 @@ import tomllib
 
 from spectral_ssl.command import SHIPPED_CONFIGS, resolve_config, resolve_config_arguments
 
+pytestmark = pytest.mark.slow  # real subprocesses: pytest -m 'not slow' skips them
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

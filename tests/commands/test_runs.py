@@ -7,13 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from faults import ENV, at_batch
 from spectral_ssl.cli import main
 from spectral_ssl.runs import AtomicCheckpointIO, newest_intact_checkpoint
 
@@ -108,23 +108,39 @@ def test_a_malicious_checkpoint_is_never_unpickled(tmp_path, monkeypatch, capsys
     assert not MARKER.exists() and epochs_of(folder / "last.ckpt") == 1
 
 
+KILLED_MID_WRITE = """
+import os, signal, sys, torch
+from spectral_ssl.runs import AtomicCheckpointIO
+
+class KilledAfterOneMiB:  # the file torch.save writes into; the process dies once 1 MiB is written
+    def __init__(self, f):
+        self.f, self.written = f, 0
+    def write(self, data):
+        self.f.write(data)
+        self.written += len(data)
+        if self.written > 2**20:
+            self.f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return len(data)
+    def flush(self):
+        self.f.flush()
+
+save = torch.save
+torch.save = lambda obj, f: save(obj, KilledAfterOneMiB(f))
+state = {f"w{i}": torch.ones(2**20) for i in range(16)}  # 16 tensors of 4 MiB, written one by one
+AtomicCheckpointIO().save_checkpoint({"state_dict": state}, sys.argv[1])
+"""
+
+
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path):
-    """SIGKILL while a large checkpoint is being written: the target still holds the previous
-    checkpoint (or none), never part of the new one; only the temporary file is partial."""
+    """SIGKILL once 1 MiB of a 64 MiB checkpoint is written: the target still holds the previous
+    checkpoint, never part of the new one; only the temporary file is partial."""
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
-    script = (
-        "import torch, sys; from spectral_ssl.runs import AtomicCheckpointIO; "
-        "AtomicCheckpointIO().save_checkpoint({'state_dict': {'w': torch.ones(2**26)}}, sys.argv[1])"
-    )
-    process = subprocess.Popen([sys.executable, "-c", script, str(target)])
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".last.ckpt.tmp-*")) and time.time() < deadline:
-        time.sleep(0.001)
-    process.kill()
-    process.wait()
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (partial,) = tmp_path.glob(".last.ckpt.tmp-*")
-    assert partial.stat().st_size < 2**28  # killed mid-write
+    assert 2**20 < partial.stat().st_size < 2**26  # killed mid-write
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.zeros(3))
 
 
@@ -307,17 +323,11 @@ def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path, r
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def kill_when(args, ready, env=None, signal_number=signal.SIGKILL, timeout=300):
-    """Runs ``spectral-ssl pretrain ARGS`` in a real process and sends it ``signal_number`` as soon
-    as ``ready()`` holds (polled); returns the process, ended."""
-    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + timeout
-    while not ready() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal_number)
-    process.wait()
-    return process
+def run_pretrain(args, fault, env=ENV):
+    """``spectral-ssl pretrain ARGS`` in a real process, with ``fault`` (a ``--trainer.callbacks``
+    argument of :func:`faults.at_batch`) injected from inside the run."""
+    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args, fault]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
 def assert_same_weights(path, expected_path):
@@ -327,31 +337,41 @@ def assert_same_weights(path, expected_path):
         assert torch.equal(state[key], expected[key]), key
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_path, run_args):
-    """``--checkpoint.every_n_train_steps``: killed at a step inside an epoch (with loader workers,
-    whose prefetching once made a resumed epoch start from the wrong order), the run continues
-    after the batches it had trained and ends bitwise equal to an uninterrupted run."""
+STEPS_PER_EPOCH = 1437 // 64
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, run_args):
+    """The tiny run for 2 epochs, uninterrupted: what every killed and resumed run must end as."""
+    out = tmp_path_factory.mktemp("straight")
+    main(["pretrain", *run_args, "--trainer.max_epochs=2", "--output_dir", str(out)])
+    return out / "tiny" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_exactly_from_its_step_checkpoint(tmp_path, run_args, straight_run):
+    """``--checkpoint.every_n_train_steps``: killed at step 7 of the first epoch (with loader
+    workers, whose prefetching once made a resumed epoch start from the wrong order), the run
+    continues from its step-5 checkpoint and ends bitwise equal to an uninterrupted run."""
     args = [*run_args, "--trainer.max_epochs=2", "--checkpoint.every_n_train_steps=5", "--data.num_workers=2"]
-    main(["pretrain", *args, "--output_dir", str(tmp_path / "straight")])
-    last = tmp_path / "killed" / "tiny" / "checkpoints" / "last.ckpt"
-    steps_per_epoch = 1437 // 64
-    kill_when([*args, "--output_dir", str(tmp_path / "killed")], last.exists)
-    step = torch.load(last, weights_only=True)["global_step"]
-    assert step % steps_per_epoch != 0 and step < 2 * steps_per_epoch, "not killed mid-epoch"
-    main(["pretrain", *args, "--output_dir", str(tmp_path / "killed")])
-    assert_same_weights(last, tmp_path / "straight" / "tiny" / "checkpoints" / "last.ckpt")
+    args += ["--output_dir", str(tmp_path)]
+    killed = run_pretrain(args, at_batch(0, 7, "SIGKILL"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    main(["pretrain", *args])
+    assert_same_weights(last, straight_run)
 
 
-def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path, run_args):
-    """SLURM's warning signal (SIGUSR1) makes Lightning write ``hpc_ckpt_1.ckpt`` and call
-    ``scontrol requeue`` (a stand-in here records it); the job is then killed, and the requeued
-    job, running the same command, continues from that checkpoint, newer than ``last.ckpt``."""
+def slurm_job(tmp_path):
+    """The environment of a SLURM batch job (id 4242) whose ``scontrol`` is a stand-in that records
+    its arguments in ``tmp_path/requeued``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "requeued"}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    env = {
-        **os.environ,
+    return {
+        **ENV,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SLURM_NTASKS": "1",
         "SLURM_JOB_ID": "4242",
@@ -360,33 +380,63 @@ def test_a_slurm_requeue_resumes_from_lightnings_mid_epoch_checkpoint(tmp_path, 
         "SLURM_LOCALID": "0",
         "SLURM_NODEID": "0",
     }
-    args = [*run_args, "--trainer.max_epochs=3", "--output_dir", str(tmp_path)]
-    run = tmp_path / "tiny"
-    last = run / "checkpoints" / "last.ckpt"
 
-    def signalled_after_first_epoch():
-        if last.exists() and not (tmp_path / "signalled").exists():
-            # a few steps into the next epoch: a tenth of the time the first one took, so that a
-            # loaded machine (slower steps) still gets past the epoch's first step
-            time.sleep(max(0.3, 0.1 * (time.time() - started)))
-            (tmp_path / "signalled").touch()
-            process.send_signal(signal.SIGUSR1)
-        return (tmp_path / "requeued").exists()
 
-    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args]
-    started = time.time()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while not signalled_after_first_epoch() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.kill()  # SLURM ends the job after its grace time
-    process.wait()
+@pytest.mark.slow
+def test_a_slurm_requeue_resumes_exactly_from_lightnings_mid_epoch_checkpoint(tmp_path, run_args, straight_run):
+    """SLURM's warning signal (SIGUSR1) after step 4 of the second epoch makes Lightning write
+    ``hpc_ckpt_1.ckpt`` and call ``scontrol requeue``; SLURM then kills the job. The requeued job,
+    running the same command, continues from that checkpoint (newer than ``last.ckpt``) and ends
+    bitwise equal to an uninterrupted run."""
+    env = slurm_job(tmp_path)
+    args = [*run_args, "--trainer.max_epochs=2", "--output_dir", str(tmp_path)]
+    killed = run_pretrain(args, at_batch(1, 4, "SIGUSR1", "SIGKILL"), env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
-    hpc = run / "hpc_ckpt_1.ckpt"
-    saved_steps = [torch.load(p, weights_only=True)["global_step"] for p in (last, hpc)]
-    assert saved_steps[0] < saved_steps[1] < 3 * (1437 // 64), saved_steps
+    run = tmp_path / "tiny"
+    last, hpc = run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"
+    assert [torch.load(p, weights_only=True)["global_step"] for p in (last, hpc)] == [
+        STEPS_PER_EPOCH,
+        STEPS_PER_EPOCH + 4,
+    ]
+    resumed = subprocess.run(
+        [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming from {hpc}" in resumed.stderr
+    assert_same_weights(last, straight_run)
 
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"Resuming from {hpc}" in result.stderr
-    assert torch.load(last, weights_only=True)["global_step"] == 3 * (1437 // 64)
+
+@pytest.mark.slow
+def test_a_checkpoint_between_micro_batches_resumes_exactly(tmp_path, run_args):
+    """BYOL (a momentum target) with the online probe and ``accumulate_grad_batches=2``: SLURM's
+    signal after the 5th micro-batch of the first epoch, half-way through an optimizer step, writes
+    a checkpoint that carries the accumulated gradients; the requeued job ends bitwise equal to an
+    uninterrupted run, target network and probe included."""
+    byol = [
+        "--model=spectral_ssl.methods.BYOL",
+        "--model.projector_dims=[64,32]",
+        "--model.predictor_hidden_dims=[64]",
+        "--trainer.accumulate_grad_batches=2",
+        "--trainer.max_epochs=2",
+    ]
+    main(["pretrain", *run_args, *byol, "--output_dir", str(tmp_path / "straight")])
+    args = [*run_args, *byol, "--output_dir", str(tmp_path / "requeued")]
+    killed = run_pretrain(args, at_batch(0, 5, "SIGUSR1", "SIGKILL"), env=slurm_job(tmp_path))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    hpc = torch.load(tmp_path / "requeued" / "tiny" / "hpc_ckpt_1.ckpt", weights_only=True)
+    assert hpc["global_step"] == 2 and hpc["accumulated_gradients"]["micro_batches"] == 1
+    main(["pretrain", *args])
+    expected = tmp_path / "straight" / "tiny" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "requeued" / "tiny" / "checkpoints" / "last.ckpt"
+    assert_same_weights(last, expected)
+    probe = [
+        next(v for k, v in torch.load(p, weights_only=True)["callbacks"].items() if "OnlineLinearProbe" in k)
+        for p in (last, expected)
+    ]
+    for key in ("weight", "bias"):
+        assert torch.equal(probe[0]["classifier"][key], probe[1]["classifier"][key])

@@ -2,6 +2,8 @@
 ImageFolder of JPEG files with one corrupt file."""
 
 import pickle
+import pickletools
+import warnings
 
 import numpy as np
 import pytest
@@ -126,6 +128,64 @@ def test_image_index_is_built_once_and_rebuilt_when_a_class_folder_changes(tmp_p
     third = ImageFolderDataModule(root=str(tmp_path / "data"), index_cache=str(cache), num_workers=0)
     third.setup()
     assert len(scans) == 1 and len(third.samples["train"]) == 7
+
+
+def with_numpy_1_paths(pickled: bytes) -> bytes:
+    """The same pickle as numpy 1.x writes it: module ``numpy.core`` for numpy 2.x's ``numpy._core``.
+    Rewritten opcode by opcode (strings re-encoded, FRAME opcodes, which are optional, dropped)."""
+    ops = list(pickletools.genops(pickled))
+    out = bytearray()
+    for (op, arg, pos), following in zip(ops, [*(o[2] for o in ops[1:]), len(pickled)]):
+        raw = pickled[pos:following]
+        if op.name == "FRAME":
+            continue
+        if isinstance(arg, str) and "numpy._core" in arg:
+            text = arg.replace("numpy._core", "numpy.core").encode()
+            if op.name == "GLOBAL":
+                raw = b"c" + text.replace(b" ", b"\n") + b"\n"
+            elif op.name == "SHORT_BINUNICODE":
+                raw = b"\x8c" + bytes([len(text)]) + text
+            elif op.name == "BINUNICODE":
+                raw = b"X" + len(text).to_bytes(4, "little") + text
+            else:
+                raise AssertionError(f"unexpected opcode {op.name}")
+        out += raw
+    return bytes(out)
+
+
+@pytest.mark.parametrize("numpy_paths", ["numpy 2.x", "numpy 1.x"])
+@pytest.mark.parametrize("protocol", range(6))
+def test_cifar_batches_written_by_python_3_read_with_every_protocol(tmp_path, protocol, numpy_paths):
+    """Users write their own CIFAR-format sets (subsets, corrupted variants) with Python 3: bytes go
+    through _codecs.encode (protocols 0-2), arrays through _reconstruct (0-4) or _frombuffer (5),
+    labels may be numpy integers; numpy 1.x names its modules numpy.core."""
+    written = write_cifar_folder(tmp_path, train_images=30, test_images=6)
+    folder = tmp_path / "cifar-10-batches-py"
+    data, labels = written["data_batch_3"]
+    batch = {"batch_label": b"training batch 3 of 5", "data": data, "labels": [np.int64(v) for v in labels]}
+    pickled = pickle.dumps(batch, protocol=protocol)
+    assert b"numpy._core" in pickled
+    if numpy_paths == "numpy 1.x":
+        pickled = with_numpy_1_paths(pickled)
+        assert b"numpy._core" not in pickled and b"numpy.core" in pickled
+    with warnings.catch_warnings():  # numpy 2.x reads numpy 1.x's paths through a deprecation shim
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert pickle.loads(pickled)["labels"] == labels  # a valid pickle
+    (folder / "data_batch_3").write_bytes(pickled)
+    train = CIFARDataModule(root=str(tmp_path), num_workers=0).dataset("train", None)
+    offset = 2 * 6  # after data_batch_1 and data_batch_2
+    for i in range(6):
+        image, label = train[offset + i]
+        assert torch.equal(image, torch.from_numpy(data[i].reshape(3, 32, 32))) and label == labels[i]
+
+
+def test_a_cifar_batch_that_decodes_bytes_with_another_codec_is_refused(tmp_path):
+    write_cifar_folder(tmp_path, train_images=30, test_images=6)
+    pickled = pickle.dumps({"data": np.zeros((6, 3072), np.uint8), "labels": [0] * 6, "x": b"ab"}, protocol=2)
+    assert b"latin1" in pickled  # the codec of protocol 2's bytes (memoized: written once)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickled.replace(b"latin1", b"rot_13", 1))
+    with pytest.raises(ValueError, match=r"data_batch_2: refused _codecs.encode with encoding 'rot_13'"):
+        CIFARDataModule(root=str(tmp_path)).setup()
 
 
 class _Payload:

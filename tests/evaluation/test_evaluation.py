@@ -13,7 +13,7 @@ from spectral_ssl.checkpoints import load_encoder
 from spectral_ssl.cli import main
 from spectral_ssl.data import DigitsDataModule
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
-from spectral_ssl.evaluation import extract_features, knn_accuracy
+from spectral_ssl.evaluation import KNNMonitor, extract_features, knn_accuracy
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_RUN = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
@@ -267,3 +267,36 @@ def test_a_csv_logger_run_keeps_config_checkpoints_and_spectra_in_the_run_folder
         assert (run / "spectrum" / f"epoch={epoch}" / "spectrum.png").stat().st_size > 1000
     main(["pretrain", *args, "--trainer.max_epochs=3"])  # the same command, one more epoch: resumed by its config
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_counts_are_of_the_images_used_not_of_the_files_listed(checkpoint, tmp_path, capsys):
+    """An ImageFolder of 60 training files of which 2 are unreadable: the knn command and the kNN
+    monitor count the 58 images in the features, and the spectrum command the images it read."""
+    root = tmp_path / "folder"
+    write_image_folder(root, per_class=29, size=(36, 36))  # 58 images and train/dog/broken.JPEG
+    (root / "train" / "cat" / "broken.JPEG").write_bytes(b"not an image either")
+    data = ["--data=spectral_ssl.data.ImageFolderDataModule", f"--data.root={root}", "--data.num_workers=0"]
+    data += ["--data.image_size=32", "--data.eval_resize=32"]
+    capsys.readouterr()
+    main(["knn", str(checkpoint), *data, "--k=[5]"])
+    assert "features: 58 train x 64" in capsys.readouterr().out
+    main(["spectrum", str(checkpoint), *data, "--split=train", f"--out={tmp_path / 'spectrum'}"])
+    assert "(58 images of the train split)" in capsys.readouterr().out
+    cli = main(
+        [
+            "pretrain",
+            "--config=quickstart",
+            "--model.backbone.width=8",
+            "--model.projector_dims=[64,64]",
+            *data,
+            "--data.batch_size=16",
+            "--trainer.max_epochs=1",
+            "--knn.k=5",
+            "--spectrum.every_n_epochs=0",
+            "--output_dir",
+            str(tmp_path),
+            *FAST_RUN,
+        ]
+    )
+    assert cli.callback(KNNMonitor).sizes == (58, 58)  # 29 + 29 readable training images; val has none broken
+    assert "(58 bank images, 58 queries)" in capsys.readouterr().out

@@ -43,3 +43,71 @@ def test_projector_layout():
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert head[0].bias is None and head[-1].bias is not None
     assert head(torch.randn(4, 512)).shape == (4, 128)
+
+
+TIMM_FAMILIES = {
+    "resnet18": 224,  # a conv net
+    "mobilenetv3_small_100": 224,  # a head with a pre-logits stage: num_features 576, forward 1024
+    "efficientnet_b0": 224,
+    "convnext_atto": 224,
+    "vit_tiny_patch16_224": 224,  # a transformer: its token width
+}
+
+
+@pytest.mark.parametrize("name", TIMM_FAMILIES)
+def test_the_feature_width_is_measured_from_what_forward_returns(name):
+    """The width that sizes the projector, the probe and the linear classifier is what the model
+    returns, not timm's num_features metadata."""
+    import timm
+
+    model = create_backbone(f"timm:{name}")
+    reference = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    with torch.no_grad():
+        width = reference(torch.randn(2, 3, TIMM_FAMILIES[name], TIMM_FAMILIES[name])).shape[1]
+    assert model.feature_dim == width and model.training  # measured in eval mode, given back in train mode
+    if name == "mobilenetv3_small_100":
+        assert (model.num_features, model.feature_dim) == (576, 1024)
+
+
+def test_a_timm_model_whose_num_features_is_not_its_width_pretrains_and_sizes_every_head(tmp_path):
+    from spectral_ssl.cli import main
+    from spectral_ssl.evaluation import LinearClassifier
+
+    cli = main(
+        [
+            "pretrain",
+            "--config=quickstart",
+            "--model.backbone.name=timm:mobilenetv3_small_100",
+            "--model.projector_dims=[64,64]",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--knn.every_n_epochs=0",
+            "--spectrum.every_n_epochs=0",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    assert cli.model.projector[0].in_features == 1024
+    probe = next(c for c in cli.trainer.callbacks if type(c).__name__ == "OnlineLinearProbe")
+    assert probe.classifier.in_features == 1024
+    classifier = LinearClassifier(str(tmp_path / "quickstart" / "checkpoints" / "last.ckpt"), num_classes=10)
+    assert classifier.classifier.in_features == 1024
+
+
+def test_a_timm_vit_gets_the_data_image_size_and_its_norms_on_the_feature_axis():
+    """timm:vit_tiny_patch16_224 on 32 px images (CIFAR): built for 32 px (4 patches of 16), and a
+    norm choice lands channels-last, normalizing each token's features; attention goes through
+    torch's scaled_dot_product_attention."""
+    from spectral_ssl.models.norms import ParallelLayerNorm
+
+    model = create_backbone("timm:vit_tiny_patch16_224", image_size=32, norm="pln")
+    assert model.patch_embed.img_size == (32, 32) and model.feature_dim == 192
+    plns = [m for m in model.modules() if isinstance(m, ParallelLayerNorm)]
+    assert len(plns) == 2 * 12 + 1 and all(m.channels_last for m in plns)
+    assert all(block.attn.fused_attn for block in model.blocks)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 192)
+
+
+def test_a_norm_choice_on_a_timm_family_of_unknown_layout_is_refused_at_build():
+    with pytest.raises(ValueError, match=r"timm:convnext_atto is a ConvNeXt, whose norm layout is not known .* ResNet"):
+        create_backbone("timm:convnext_atto", norm="pln")

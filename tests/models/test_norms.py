@@ -1,11 +1,19 @@
 """Each normalization layer against its formula written independently, and every (norm, act) pair."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spectral_ssl.models import ACTS, NORMS, create_backbone
-from spectral_ssl.models.norms import GroupedLayerNorm, IterNorm2d, LayerNorm2d, ParallelLayerNorm
+from spectral_ssl.models import ACTS, NORMS, NormOptions, create_backbone, norm_layer
+from spectral_ssl.models.norms import (
+    ChannelsLast,
+    GroupedLayerNorm,
+    IterNorm2d,
+    LayerNorm2d,
+    ParallelLayerNorm,
+    is_norm,
+)
 
 
 def per_position_groups(x, group_size):
@@ -41,9 +49,11 @@ def test_pln_rank_cap_and_bad_group_sizes():
     for k, rank in ((4, 24), (8, 28), (32, 31)):
         feats = ParallelLayerNorm(32, group_size=k).double()(x).flatten(1)
         assert torch.linalg.matrix_rank(torch.cov(feats.T)).item() == rank
-    with pytest.raises(ValueError, match=">= 3"):
-        ParallelLayerNorm(32, group_size=2)
-    with pytest.raises(ValueError, match="divide"):
+    with pytest.raises(ValueError, match="PLN group_size must be >= 2"):
+        ParallelLayerNorm(32, group_size=1)
+    with pytest.raises(
+        ValueError, match=r"do not divide 30 channels \(group sizes that do: 1, 2, 3, 5, 6, 10, 15, 30\)"
+    ):
         ParallelLayerNorm(30, group_size=8)
 
 
@@ -117,6 +127,121 @@ def test_timm_backbone_with_norm_swap():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
 
 
-def test_lng_groups_of_two_are_refused():
-    with pytest.raises(ValueError, match="at least 3"):
-        GroupedLayerNorm(16, num_groups=8)
+def test_lng_groups_of_one_are_refused_naming_the_counts_that_fit():
+    GroupedLayerNorm(16, num_groups=8)  # groups of 2: a smooth sign, as PLN-2
+    with pytest.raises(ValueError, match="at least 2 .* num_groups may be 1, 2, 4, 8"):
+        GroupedLayerNorm(16, num_groups=16)
+
+
+OPTIONS = NormOptions(gn_groups=4, pln_group_size=4, lng_groups=2, iternorm_group_size=4)
+
+
+def reference(norm: str, x: np.ndarray) -> np.ndarray:
+    """Each norm in float64 numpy, written from its definition, on (B, P, D): D features at each
+    of P positions (tokens, or pixels), in training mode, affine at its initial identity."""
+    b, positions, d = x.shape
+
+    def blockwise(values, k, centre, eps):
+        blocks = values.reshape(b, positions, d // k, k)
+        if centre:
+            blocks = blocks - blocks.mean(-1, keepdims=True)
+        return (blocks / np.sqrt((blocks**2).mean(-1, keepdims=True) + eps)).reshape(b, positions, d)
+
+    if norm in ("bn", "syncbn"):
+        return (x - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + 1e-5)
+    if norm == "gn":  # 4 groups of 2 features, statistics over the group and every position, per image
+        groups = x.reshape(b, positions, 4, d // 4)
+        mean, var = groups.mean((1, 3), keepdims=True), groups.var((1, 3), keepdims=True)
+        return ((groups - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
+    if norm == "ln":
+        return blockwise(x, d, True, 1e-6)
+    if norm == "rms":
+        return blockwise(x, d, False, 1e-6)
+    if norm in ("pln", "pls"):
+        return blockwise(x, 4, norm == "pln", 1e-5)
+    if norm == "lng":
+        return blockwise(x, d // 2, True, 1e-5)
+    if norm == "iternorm":  # Huang et al. 2019, Alg. 1, per group of 4 features over all B x P rows
+        out = np.empty_like(x)
+        for g in range(d // 4):
+            rows = x[..., 4 * g : 4 * g + 4].reshape(-1, 4).T  # (4, m)
+            centred = rows - rows.mean(1, keepdims=True)
+            sigma = 1e-5 * np.eye(4) + centred @ centred.T / rows.shape[1]
+            trace = np.trace(sigma)
+            normalized, p = sigma / trace, np.eye(4)
+            for _ in range(5):
+                p = 1.5 * p - 0.5 * np.linalg.matrix_power(p, 3) @ normalized
+            out[..., 4 * g : 4 * g + 4] = ((p / np.sqrt(trace)) @ centred).T.reshape(b, positions, 4)
+        return out
+    assert norm == "none"
+    return x
+
+
+def features(b, n, d, seed=0):
+    """(B, N, D) values whose statistics differ between the token and the feature axes."""
+    generator = np.random.default_rng(seed)
+    return generator.normal(size=(b, n, d)) * generator.uniform(0.5, 3, size=d) + generator.normal(size=(1, n, 1)) * 2
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_norm_normalizes_the_feature_axis_of_tokens_even_when_n_equals_d(norm):
+    """(B, N, D) tokens with N == D (where normalizing the wrong axis fits every shape): the
+    channels-last layer equals the float64 reference over D."""
+    x = features(4, 8, 8)
+    layer = norm_layer(norm, OPTIONS, channels_last=True)(8).double().train()
+    got = layer(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, reference(norm, x), rtol=1e-6 if norm == "iternorm" else 1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_norm_normalizes_the_channels_of_a_map(norm):
+    """(B, C, H, W) maps: the channels-first layer equals the same reference over C, the positions
+    being the H x W pixels; and both layouts agree on vectors ((B, C, 1, 1) and (B, C))."""
+    x = features(3, 6 * 5, 8, seed=1)  # (B, P = H W, C)
+    maps = torch.from_numpy(x).reshape(3, 6, 5, 8).permute(0, 3, 1, 2)  # (B, C, H, W)
+    layer = norm_layer(norm, OPTIONS)(8).double().train()
+    got = layer(maps).permute(0, 2, 3, 1).reshape(3, 30, 8).detach().numpy()
+    np.testing.assert_allclose(got, reference(norm, x), rtol=1e-6 if norm == "iternorm" else 1e-9, atol=1e-9)
+    vectors = torch.from_numpy(features(16, 1, 8, seed=2)[:, 0])
+    first, last = (norm_layer(norm, OPTIONS, channels_last=c)(8).double().train() for c in (False, True))
+    torch.testing.assert_close(first(vectors[..., None, None])[..., 0, 0], last(vectors))
+
+
+def test_pln_of_two_is_a_smooth_sign_and_pls_of_one_too():
+    """k = 2: a block (a, b) becomes +-d / sqrt(d^2 + eps), d = (a - b) / 2; PLS with k = 1:
+    x / sqrt(x^2 + eps). eps sets the sharpness (the PLN paper's construction)."""
+    x = torch.tensor([[0.0, 0.001, 1.0, -1.0, 0.003, 0.0]], dtype=torch.float64)
+    d = (x[0, 0::2] - x[0, 1::2]) / 2
+    expected = torch.stack([d, -d], 1).flatten() / torch.sqrt(d.square().repeat_interleave(2) + 1e-5)
+    torch.testing.assert_close(ParallelLayerNorm(6, group_size=2).double()(x)[0], expected)
+    pls = ParallelLayerNorm(6, group_size=1, centre=False).double()(x)[0]
+    torch.testing.assert_close(pls, x[0] / torch.sqrt(x[0].square() + 1e-5))
+    with pytest.raises(ValueError, match="PLS group_size must be >= 1"):
+        ParallelLayerNorm(6, group_size=0, centre=False)
+
+
+def test_iternorm_group_size_follows_the_reference_rule():
+    assert IterNorm2d(96, group_size=64).group_size == 32  # halved until it divides
+    assert IterNorm2d(40, group_size=64).group_size == 40  # capped at C
+    assert IterNorm2d(24, group_size=16).group_size == 8
+
+
+@pytest.mark.parametrize("norm", ["ln", "rms", "pln", "pls", "lng", "bn", "iternorm"])
+def test_a_vit_with_each_norm_normalizes_its_tokens(norm):
+    """Every norm of a ViT built with ``norm`` is the channels-last layer (the one that
+    normalizes each token's D features), and the model runs forward and backward."""
+    model = create_backbone("vit_tiny", image_size=16, depth=2, embed_dim=64, num_heads=4, norm=norm)
+    wrapped = [m.norm for m in model.modules() if isinstance(m, ChannelsLast)]  # torch's BN, handed D as channels
+    norms = [m for m in model.modules() if is_norm(m) and all(m is not w for w in wrapped)]
+    assert norms or wrapped
+    assert all(getattr(m, "channels_last", isinstance(m, torch.nn.LayerNorm)) for m in norms)
+    out = model(torch.randn(3, 3, 16, 16))
+    out.square().mean().backward()
+    assert out.shape == (3, 64) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_pln_as_the_vit_mlp_activation():
+    model = create_backbone("vit_small", image_size=32, depth=1, act="pln")
+    mlp = model.blocks[0].mlp
+    assert isinstance(mlp.act, ParallelLayerNorm) and mlp.act.channels_last and mlp.act.num_channels == 4 * 384
+    assert not any(isinstance(m, torch.nn.GELU) for m in model.modules())

@@ -3,6 +3,7 @@ folders torchvision's own dataset classes download (nothing downloads unless ``d
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -48,24 +49,48 @@ class TensorSetDataModule(SSLDataModule):
         return torch.cat([self.splits[p][0] for p in parts]), torch.cat([self.splits[p][1] for p in parts])
 
 
+NUMPY_CORE = "numpy._core" if hasattr(np, "_core") else "numpy.core"
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as pickle protocols 0-2 use it for bytes (text, "latin1"), and nothing else."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}: bytes are pickled as latin1")
+    return codecs.encode(text, encoding, errors)
+
+
 class _CIFARUnpickler(pickle.Unpickler):
     """Reads CIFAR's python batches admitting only what they hold: dicts, lists, str, bytes and
-    ints, and numpy arrays of numbers. Any other global a pickle names (``os.system``, a class with
-    a ``__reduce__``) is refused before anything runs; object arrays are refused too."""
+    ints, numpy arrays of numbers and numpy scalars, as Python 2 wrote them and as Python 3 writes
+    them with every pickle protocol 0-5: bytes through ``_codecs.encode`` (protocols 0-2, latin1
+    only), arrays through ``_reconstruct`` (0-4) or ``_frombuffer`` (5), under numpy 1.x's module
+    path (``numpy.core``) or 2.x's (``numpy._core``). None of these runs code: each builds an array
+    or a scalar from a dtype and bytes, and an object dtype takes its items from the pickle, where
+    any other global (``os.system``, a class with a ``__reduce__``) is refused before anything runs."""
 
-    ARRAYS = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {
+        *(
+            (core, name)
+            for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for name in ("_reconstruct", "scalar")
+        ),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
     }
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in self.ARRAYS:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(
                 f"refused global {module}.{name}: a CIFAR batch holds only plain types and numeric arrays"
             )
-        return super().find_class(module, name)
+        # numpy 2.x serves numpy 1.x's module path only through a deprecation shim: ask its own
+        return super().find_class(
+            module.replace("numpy.core.", NUMPY_CORE + ".").replace("numpy._core.", NUMPY_CORE + "."), name
+        )
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:

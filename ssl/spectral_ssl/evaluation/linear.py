@@ -204,7 +204,7 @@ class LinearClassifier(L.LightningModule):
             self._build_classifier(num_classes)
 
     def _build_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)
 

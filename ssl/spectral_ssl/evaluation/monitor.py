@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ..data.subsets import balanced_subset
-from ..distributed import world_size
+from ..distributed import total_over_ranks, world_size
 from ..spectral import full_precision
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import PROTOCOLS, knn_accuracy
@@ -195,7 +195,7 @@ class KNNMonitor(_HeldOutMonitor):
         bank, bank_labels, _ = extract_shard(model, bank_loader, device, out_device=device)
         queries, query_labels = self.held_out.get(model, device, self.max_queries)
         queries = queries.to(device)
-        self.sizes = (len(bank_indices), len(queries))
+        self.sizes = (total_over_ranks(len(bank)), len(queries))  # images read: unreadable files left out
         self.results[name] = knn_accuracy(
             bank, bank_labels, queries, query_labels, k=self.k, temperature=self.temperature, sharded=True
         )
@@ -266,7 +266,7 @@ class SpectrumMonitor(_HeldOutMonitor):
         self._join(trainer, "spectrum", self.max_images)
         available = len(trainer.datamodule.labels("test"))
         images = available if self.max_images is None else min(self.max_images, available)
-        widths = [pl_module.backbone.num_features, getattr(pl_module.projector, "out_dim", 0)]
+        widths = [pl_module.backbone.feature_dim, getattr(pl_module.projector, "out_dim", 0)]
         if images <= max(widths):
             rank_zero_info(
                 f"SpectrumMonitor: {images} held-out images for features of width {max(widths)}: "
@@ -330,7 +330,7 @@ class OnlineLinearProbe(_HeldOutMonitor):
             num_classes = trainer.datamodule.num_classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.classifier = nn.Linear(pl_module.backbone.num_features, num_classes)
+            self.classifier = nn.Linear(pl_module.backbone.feature_dim, num_classes)
         self.optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
@@ -341,6 +341,9 @@ class OnlineLinearProbe(_HeldOutMonitor):
         if self.classifier is not None:
             self.classifier.to(pl_module.device)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         labels, features = batch[1], outputs.get("features") if isinstance(outputs, dict) else None
         if self.classifier is None or features is None or len(features) != len(labels):
@@ -350,13 +353,15 @@ class OnlineLinearProbe(_HeldOutMonitor):
             logits = self.classifier(features)
             losses = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
             loss = (losses * known).sum() / known.sum().clamp(min=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world_size() > 1:  # keep the ranks' classifiers identical: average their gradients
-            for param in self.classifier.parameters():
-                torch.distributed.all_reduce(param.grad)
-                param.grad /= world_size()
-        self.optimizer.step()
+        # under gradient accumulation the probe accumulates too, and steps when the model's optimizer stepped
+        (loss / trainer.accumulate_grad_batches).backward()
+        if trainer.global_step != self._step_before_batch:
+            if world_size() > 1:  # keep the ranks' classifiers identical: average their gradients
+                for param in self.classifier.parameters():
+                    torch.distributed.all_reduce(param.grad)
+                    param.grad /= world_size()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         correct = (logits.argmax(1) == labels).float() * known
         pl_module.log("online/train_top1", correct.sum() / known.sum().clamp(min=1))
 
@@ -372,7 +377,8 @@ class OnlineLinearProbe(_HeldOutMonitor):
     def state_dict(self) -> dict[str, Any]:
         if self.classifier is None:
             return {}
-        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict()}
+        gradients = [p.grad for p in self.classifier.parameters()]  # None except between micro-batches
+        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(), "grad": gradients}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.classifier is None:  # restored before setup: apply once the classifier exists
@@ -381,3 +387,5 @@ class OnlineLinearProbe(_HeldOutMonitor):
         if state_dict:
             self.classifier.load_state_dict(state_dict["classifier"])
             self.optimizer.load_state_dict(state_dict["optimizer"])
+            for param, gradient in zip(self.classifier.parameters(), state_dict.get("grad", [])):
+                param.grad = gradient

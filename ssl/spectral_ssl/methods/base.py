@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import lightning as L
@@ -13,7 +12,7 @@ from torch import Tensor
 
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
-from ..optim import OptimizerConfig, WarmupCosine, build_optimizer, scaled_lr
+from ..optim import OptimizerConfig, WarmupCosine, build_optimizer, planned_steps, scaled_lr
 from .momentum import MomentumTarget, cosine_momentum
 
 
@@ -63,10 +62,13 @@ class SSLMethod(L.LightningModule):
         )
         self.optimizer_config = optimizer
         self.backbone = backbone.build()
-        self.projector = Projector(self.backbone.num_features, projector_dims[:-1], projector_dims[-1])
+        self.projector = Projector(self.backbone.feature_dim, projector_dims[:-1], projector_dims[-1])
         self.trainable, self.heads = trainable, [self.projector]
         self.target: MomentumTarget | None = None  # see add_momentum_target
         self._features: Tensor | None = None  # of the first view embed() saw this step
+        self.total_steps = 0  # optimizer steps of the whole run, planned at train start
+        self.accumulated_micro_batches = 0  # since the last optimizer step
+        self._gradients_to_restore: dict | None = None  # see on_save_checkpoint
         self._count_trainable()
 
     def _count_trainable(self) -> None:
@@ -85,12 +87,34 @@ class SSLMethod(L.LightningModule):
         self.target = MomentumTarget(self.backbone, self.projector)
         self.momentum_range = (base_momentum, final_momentum)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's optimizer step, then the per-step state: the momentum target moves once per
+        optimizer step (not per micro-batch under gradient accumulation), before any callback's
+        ``on_train_batch_end`` can checkpoint it."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.accumulated_micro_batches = 0
         if self.target is not None:
-            momentum = cosine_momentum(
-                self.global_step, int(self.trainer.estimated_stepping_batches), *self.momentum_range
-            )
+            # Lightning counts this step once the hook returns: it is step global_step + 1 of the run
+            momentum = cosine_momentum(self.global_step + 1, self.total_steps, *self.momentum_range)
             self.target.update([self.backbone, self.projector], momentum)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.accumulated_micro_batches += 1  # back to 0 when this batch's gradients are stepped
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written between the micro-batches of an accumulated step (SLURM's requeue
+        signal, a time-based checkpoint) carries the gradients summed so far, so that it resumes
+        exactly: Lightning saves none."""
+        if self.accumulated_micro_batches:
+            checkpoint["accumulated_gradients"] = {
+                "micro_batches": self.accumulated_micro_batches,
+                "gradients": {
+                    name: p.grad.detach().clone() for name, p in self.named_parameters() if p.grad is not None
+                },
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._gradients_to_restore = checkpoint.get("accumulated_gradients")  # applied at train start, on the device
 
     def on_fit_start(self) -> None:
         rank_zero_info(
@@ -103,6 +127,12 @@ class SSLMethod(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._plan_schedule()
+        if self._gradients_to_restore:
+            parameters = dict(self.named_parameters())
+            for name, gradient in self._gradients_to_restore["gradients"].items():
+                parameters[name].grad = gradient.to(parameters[name].device)
+            self.accumulated_micro_batches = self._gradients_to_restore["micro_batches"]
+        self._gradients_to_restore = None
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features (what evaluation and export use)."""
@@ -164,10 +194,14 @@ class SSLMethod(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _plan_schedule(self) -> None:
-        """Warm-up and length of the lr schedule from the trainer's data (see configure_optimizers)."""
-        trainer = self.trainer
-        total = int(trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        warmup = round(self.optimizer_config.warmup_epochs * total / epochs) if epochs else 0
+        """Every schedule on one clock, optimizer steps, from the run's real budget: T =
+        Lightning's ``estimated_stepping_batches`` (max_epochs, max_steps, whichever ends the run
+        first, limit_train_batches, gradient accumulation, devices and nodes) and the warm-up
+        ``warmup_epochs`` x the optimizer steps per epoch (a run shorter than that ends inside
+        its warm-up, as it does when bounded by epochs). The momentum target's cosine runs over
+        the same T. Called at train start (see configure_optimizers), so a resumed run is
+        re-planned from its position."""
+        total, steps_per_epoch = planned_steps(self.trainer)
+        warmup = round(self.optimizer_config.warmup_epochs * steps_per_epoch)
+        self.total_steps = total
         self.lr_schedulers().plan(warmup, total, steps_per_epoch)

@@ -7,13 +7,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 
+import torch
 from torch import nn
 
-from .norms import GroupedLayerNorm, IterNorm2d, LayerNorm2d, ParallelLayerNorm
+from .norms import ChannelsLast, GroupedLayerNorm, IterNorm2d, LayerNorm2d, ParallelLayerNorm
 from .resnet import ARCHITECTURES, ResNet
+from .vit import VIT_PRESETS, vision_transformer
 
-NORMS = ("bn", "syncbn", "gn", "ln", "pln", "lng", "iternorm", "none")
+NORMS = ("bn", "syncbn", "gn", "ln", "rms", "pln", "pls", "lng", "iternorm", "none")
 ACTS = ("relu", "gelu", "identity", "pln")
+BACKBONES = (*ARCHITECTURES, *VIT_PRESETS)
+
+
+def default_norm_act(name: str) -> tuple[str | None, str | None]:
+    """The (norm, act) a backbone has when none is chosen: ``bn``/``relu`` for the ResNets,
+    ``ln``/``gelu`` for the Vision Transformers, (None, None) for ``timm:`` models (their own)."""
+    if name in VIT_PRESETS:
+        return "ln", "gelu"
+    if name.startswith("timm:"):
+        return None, None
+    return "bn", "relu"
 
 
 @dataclass(frozen=True)
@@ -28,16 +41,34 @@ class NormOptions:
     iternorm_group_size: int = 64
 
 
-def norm_layer(norm: str, options: NormOptions = NormOptions()) -> Callable[..., nn.Module]:
-    """The normalization constructor ``f(num_channels, **ignored) -> nn.Module`` for a norm name."""
+def norm_layer(
+    norm: str, options: NormOptions = NormOptions(), channels_last: bool = False
+) -> Callable[..., nn.Module]:
+    """The normalization constructor ``f(num_channels, **ignored) -> nn.Module`` for a norm name,
+    in the layout the architecture hands it: ``channels_last=False`` for (B, C, H, W) maps (conv
+    nets), ``True`` for (B, N, D) tokens (transformers) and (B, D) vectors.
+
+    ``bn``/``syncbn``: BatchNorm (over the batch and every position); ``gn``: GroupNorm
+    (``gn_groups``; pools over positions); ``ln``: LayerNorm over the channels of each position;
+    ``rms``: RMSNorm over them (x / sqrt(mean(x^2) + 1e-6)); ``pln``/``pls``: PLN/PLS with group
+    size ``pln_group_size``; ``lng``: LN-G with ``lng_groups`` groups; ``iternorm``: the IterNorm
+    layer; ``none``: identity. Formulas and sources: :mod:`spectral_ssl.models.norms`.
+    """
+    last = {"channels_last": channels_last}
+
+    def torch_norm(make: Callable[[int], nn.Module]) -> Callable[..., nn.Module]:
+        return (lambda c, **_: ChannelsLast(make(c))) if channels_last else (lambda c, **_: make(c))
+
     layers: dict[str, Callable[..., nn.Module]] = {
-        "bn": nn.BatchNorm2d,
-        "syncbn": nn.SyncBatchNorm,
-        "gn": lambda c, **_: nn.GroupNorm(min(options.gn_groups, c), c),
-        "ln": LayerNorm2d,
-        "pln": partial(ParallelLayerNorm, group_size=options.pln_group_size),
-        "lng": partial(GroupedLayerNorm, num_groups=options.lng_groups, pool_spatial=options.lng_pool_spatial),
-        "iternorm": partial(IterNorm2d, group_size=options.iternorm_group_size),
+        "bn": torch_norm(nn.BatchNorm1d if channels_last else nn.BatchNorm2d),
+        "syncbn": torch_norm(nn.SyncBatchNorm),
+        "gn": torch_norm(lambda c: nn.GroupNorm(min(options.gn_groups, c), c)),
+        "ln": (lambda c, **_: nn.LayerNorm(c, eps=1e-6)) if channels_last else LayerNorm2d,
+        "rms": lambda c, **_: ParallelLayerNorm(c, group_size=c, eps=1e-6, centre=False, **last),
+        "pln": partial(ParallelLayerNorm, group_size=options.pln_group_size, **last),
+        "pls": partial(ParallelLayerNorm, group_size=options.pln_group_size, centre=False, **last),
+        "lng": partial(GroupedLayerNorm, num_groups=options.lng_groups, pool_spatial=options.lng_pool_spatial, **last),
+        "iternorm": partial(IterNorm2d, group_size=options.iternorm_group_size, **last),
         "none": lambda c, **_: nn.Identity(),
     }
     if norm not in layers:
@@ -45,13 +76,16 @@ def norm_layer(norm: str, options: NormOptions = NormOptions()) -> Callable[...,
     return layers[norm]
 
 
-def act_layer(act: str, options: NormOptions = NormOptions()) -> Callable[[int], nn.Module]:
-    """The activation constructor ``f(num_channels) -> nn.Module`` for an activation name."""
+def act_layer(
+    act: str, options: NormOptions = NormOptions(), channels_last: bool = False
+) -> Callable[[int], nn.Module]:
+    """The activation constructor ``f(num_channels) -> nn.Module`` for an activation name
+    (``pln``: the PLN layer itself, in the architecture's layout)."""
     layers: dict[str, Callable[[int], nn.Module]] = {
         "relu": lambda c: nn.ReLU(inplace=True),
         "gelu": lambda c: nn.GELU(),
         "identity": lambda c: nn.Identity(),
-        "pln": norm_layer("pln", options),  # PLN as the activation: the same layer as the norm
+        "pln": norm_layer("pln", options, channels_last),  # PLN as the activation: the same layer as the norm
     }
     if act not in layers:
         raise ValueError(f"unknown act {act!r}; choose one of {', '.join(ACTS)}")
@@ -60,15 +94,28 @@ def act_layer(act: str, options: NormOptions = NormOptions()) -> Callable[[int],
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Options of :func:`create_backbone`, as one config group (``--model.backbone.norm=pln``)."""
+    """Options of :func:`create_backbone`, as one config group (``--model.backbone.norm=pln``).
+
+    ``image_size``: the side of the images the backbone is trained on, in pixels. The commands
+    set it from the data (``data.image_size``); a Vision Transformer is built for it, a
+    checkpoint keeps it, and an export fixed to one size (ONNX) takes it. None: unknown (32 with
+    the CIFAR stem, else 224, where one is needed). Options left None take the architecture's
+    own value (:func:`create_backbone`).
+    """
 
     name: str = "resnet18"
-    norm: str = "bn"
-    act: str = "relu"
+    norm: str | None = None
+    act: str | None = None
     cifar_stem: bool = False
     zero_init_residual: bool = False
     width: int = 64
     norm_options: NormOptions = NormOptions()
+    image_size: int | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    pooling: str | None = None
 
     def build(self) -> nn.Module:
         return create_backbone(**{**asdict(self), "norm_options": self.norm_options})
@@ -77,38 +124,77 @@ class BackboneConfig:
 def create_backbone(
     name: str = "resnet18",
     *,
-    norm: str = "bn",
-    act: str = "relu",
+    norm: str | None = None,
+    act: str | None = None,
     cifar_stem: bool = False,
     zero_init_residual: bool = False,
     width: int = 64,
     norm_options: NormOptions | dict = NormOptions(),
+    image_size: int | None = None,
+    patch_size: int | None = None,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    pooling: str | None = None,
 ) -> nn.Module:
-    """A feature extractor: images (B, 3, H, W) -> features (B, ``model.num_features``).
+    """A feature extractor: images (B, 3, H, W) -> features (B, ``model.feature_dim``), the
+    width measured by :func:`feature_width` when the model is built.
 
-    ``name``: ``resnet18``, ``resnet34``, ``resnet50`` (torchvision's architecture and parameter
-    names; see :mod:`spectral_ssl.models.resnet`) or ``timm:<model>`` for any timm model, built
-    with ``num_classes=0``; for timm models ``norm``/``act`` other than the defaults are passed as
-    timm's ``norm_layer``/``act_layer`` (ResNets and others that take them).
+    ``name``:
 
-    ``norm``: ``bn``, ``syncbn``, ``gn`` (GroupNorm), ``ln`` (LayerNorm2d over the channels),
-    ``pln`` (parallel LN), ``lng`` (LN-G), ``iternorm`` (the IterNorm layer), ``none`` (no norm;
-    residual branches get a zero-initialised SkipInit gain). Options: :class:`NormOptions`.
+    - ``resnet18``, ``resnet34``, ``resnet50``: torchvision's architecture and parameter names
+      (:mod:`spectral_ssl.models.resnet`); ``cifar_stem``, ``width`` (the first stage's
+      channels, 64 in the paper), ``zero_init_residual``. Default norm ``bn``, act ``relu``.
+    - ``vit_tiny``, ``vit_small``, ``vit_base``: timm's VisionTransformer
+      (:mod:`spectral_ssl.models.vit`) for ``image_size`` (224 when None) with ``patch_size``,
+      ``embed_dim``, ``depth``, ``num_heads`` (None: the preset's) and ``pooling`` (``token``:
+      the class token, default; ``avg``: mean of the tokens). Default norm ``ln``, act ``gelu``
+      (the MLPs' activation; ``pln`` makes PLN the activation, the PLN paper's proposal).
+    - ``timm:<model>``: any timm model, built with ``num_classes=0`` (and ``img_size`` when it
+      takes one). A norm / act choice is applied in the layout its family uses: timm's ResNets
+      (NCHW maps) and VisionTransformers (the last axis); other families are refused at build.
+      ``bn``/``relu`` (or None) keep the model's own layers.
 
-    ``act``: ``relu``, ``gelu``, ``identity``, or ``pln``: **PLN as the activation**, the PLN
-    paper's proposal, which needs ``norm="pln"``: PLN then replaces both the norm and the
-    nonlinearity — every conv is followed by a PLN and nothing else, and the activation after
-    each residual addition is a PLN too. (``norm="pln", act="relu"`` is PLN used as a norm.)
-    In this mode every tensor of the residual stream comes out of a PLN, whose groups sum to
-    zero: the features' covariance has rank at most C (1 - 1/k) by construction, a cap to report
-    beside any spectrum or effective-rank figure.
+    ``norm``: ``bn``, ``syncbn``, ``gn`` (GroupNorm), ``ln`` (LayerNorm over the channels),
+    ``rms`` (RMSNorm), ``pln`` (parallel LN), ``pls`` (PLN uncentred), ``lng`` (LN-G),
+    ``iternorm`` (the IterNorm layer), ``none`` (no norm; a ResNet's residual branches get a
+    zero-initialised SkipInit gain). Options: :class:`NormOptions`; layouts and formulas:
+    :func:`norm_layer`.
+
+    ``act``: ``relu``, ``gelu``, ``identity``, or ``pln``: **PLN as the activation**. In a
+    ResNet it needs ``norm="pln"``: PLN then replaces both the norm and the nonlinearity — every
+    conv is followed by a PLN and nothing else, and the activation after each residual addition
+    is a PLN too. (``norm="pln", act="relu"`` is PLN used as a norm.) In this mode every tensor
+    of the residual stream comes out of a PLN, whose groups sum to zero: the features'
+    covariance has rank at most C (1 - 1/k) by construction, a cap to report beside any spectrum
+    or effective-rank figure. In a ViT it replaces the MLPs' GELU.
+
+    Raises ValueError naming an unknown or ill-fitting option.
     """
     if isinstance(norm_options, dict):
         norm_options = NormOptions(**norm_options)
+    default_norm, default_act = default_norm_act(name)
+    norm, act = norm or default_norm, act or default_act
     if name.startswith("timm:"):
-        return _timm_backbone(name.removeprefix("timm:"), norm, act, norm_options)
+        return _timm_backbone(name.removeprefix("timm:"), norm, act, norm_options, image_size)
+    if name in VIT_PRESETS:
+        model = vision_transformer(
+            name,
+            image_size=image_size or 224,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            pooling=pooling or "token",
+            norm_fn=None if norm == "ln" else norm_layer(norm, norm_options, channels_last=True),
+            act_fn=None if act == "gelu" else act_layer(act, norm_options, channels_last=True),
+        )
+        model.feature_dim = feature_width(model, image_size or 224)
+        return model
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(ARCHITECTURES)} or 'timm:<model>'")
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'timm:<model>'")
+    if pooling not in (None, "avg"):
+        raise ValueError(f"pooling={pooling!r}: a ResNet pools its last map by its average (pooling 'avg')")
     norm_fn, act_fn = norm_layer(norm, norm_options), act_layer(act, norm_options)
     out_act_fn = act_fn
     if act == "pln":
@@ -116,7 +202,7 @@ def create_backbone(
             raise ValueError(f"act='pln' (PLN as the activation) replaces the norm too: use norm='pln', not {norm!r}")
         act_fn = act_layer("identity")
     block, layers = ARCHITECTURES[name]
-    return ResNet(
+    model = ResNet(
         block,
         layers,
         norm_layer=norm_fn,
@@ -127,22 +213,73 @@ def create_backbone(
         zero_init_residual=zero_init_residual,
         skip_init=norm == "none",
     )
+    model.feature_dim = feature_width(model, 32)  # any size the stem takes: the width does not depend on it
+    return model
 
 
-def _timm_backbone(model: str, norm: str, act: str, options: NormOptions) -> nn.Module:
+def feature_width(model: nn.Module, image_size: int) -> int:
+    """D, the width of what ``model`` returns for images (B, 3, S, S) -> (B, D), measured by one
+    forward pass of a zero image at ``image_size`` in eval mode (buffers untouched), never read
+    from metadata: some timm models' ``num_features`` is not the width of their pooled output
+    (MobileNetV3's head has a pre-logits stage: ``num_features`` 576, ``forward`` 1024, timm's
+    ``head_hidden_size``). Raises ValueError when the output is not one row of features per image."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(was_training)
+    if output.ndim != 2:
+        raise ValueError(
+            f"the backbone returns {tuple(output.shape)} for one {image_size}x{image_size} image, not (1, features): "
+            "a backbone must pool its feature map into one vector per image"
+        )
+    return output.shape[1]
+
+
+TIMM_LAYOUTS = {"ResNet": False, "VisionTransformer": True}
+"""timm model classes whose norm and activation can be chosen -> whether their norms see channels last."""
+
+
+def _timm_backbone(model_name: str, norm: str | None, act: str | None, options: NormOptions, image_size: int | None):
+    """timm's ``model_name`` as a feature extractor, built for ``image_size`` when it takes one,
+    with ``norm``/``act`` (None, ``bn``, ``relu``: its own) in its family's layout; checked by a
+    forward pass here, so that no error surfaces mid-run."""
     import timm
 
-    kwargs = {}
-    if norm != "bn":
-        kwargs["norm_layer"] = norm_layer(norm, options)
-    if act != "relu":
-        if act == "pln":
-            raise ValueError("act='pln' is available for the built-in ResNets only")
-        kwargs["act_layer"] = timm.layers.get_act_layer(act)  # timm's own, which accept inplace=
+    kwargs = {"pretrained": False, "num_classes": 0}
     try:
-        return timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
-    except TypeError as error:
+        model = timm.create_model(model_name, **kwargs, **({"img_size": image_size} if image_size else {}))
+        if image_size:
+            kwargs["img_size"] = image_size
+    except TypeError:  # a family without img_size (conv nets take any size)
+        model = timm.create_model(model_name, **kwargs)
+    own_norm, own_act = norm in (None, "bn"), act in (None, "relu")
+    if not (own_norm and own_act):
+        family = next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in TIMM_LAYOUTS), None)
+        if family is None:
+            raise ValueError(
+                f"timm:{model_name} is a {type(model).__name__}, whose norm layout is not known here: norm and act "
+                f"choices work for timm's {' and '.join(TIMM_LAYOUTS)} families; leave norm/act unset for its own"
+            )
+        channels_last = TIMM_LAYOUTS[family]
+        if not own_norm:
+            kwargs["norm_layer"] = norm_layer(norm, options, channels_last)
+        if not own_act:
+            if act == "pln":
+                if family != "VisionTransformer":
+                    raise ValueError("act='pln' needs the channel count: available for timm's VisionTransformers")
+                from .vit import mlp_with_channel_activation
+
+                kwargs["mlp_layer"] = mlp_with_channel_activation(act_layer(act, options, channels_last=True))
+            else:
+                kwargs["act_layer"] = timm.layers.get_act_layer(act)  # timm's own, which accept inplace=
+        model = timm.create_model(model_name, **kwargs)
+    size = image_size or model.pretrained_cfg.get("input_size", (3, 224))[-1]
+    try:
+        model.feature_dim = feature_width(model, size)
+    except (RuntimeError, AssertionError) as error:
         raise ValueError(
-            f"timm model {model!r} does not accept norm={norm!r}/act={act!r} ({error}); "
-            "use its defaults (norm='bn', act='relu')"
+            f"timm:{model_name} with norm={norm!r}, act={act!r} fails on a {size}x{size} image: {error}"
         ) from error
+    return model
