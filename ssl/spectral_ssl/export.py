@@ -64,7 +64,7 @@ def timm_equivalent(backbone: Mapping, model: nn.Module) -> tuple[str, dict]:
     if name.startswith("timm:"):
         if norm not in (None, "bn") or act not in (None, "relu"):
             raise ValueError(f"norm={norm!r} / act={act!r} replace layers inside timm's {name[5:]}")
-        return name.removeprefix("timm:"), {"img_size": backbone["image_size"]} if backbone.get("image_size") else {}
+        return name.removeprefix("timm:"), dict(model.timm_args)
     if name in VIT_PRESETS:
         if (norm, act) != ("ln", "gelu"):
             raise ValueError(f"timm has no VisionTransformer with norm={norm!r} / act={act!r} (it has ln and gelu)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spectral_ssl.cli import pretrain
+from spectral_ssl.cli import main, pretrain
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,9 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "config", PRETRAINING + [ROOT / "configs" / "quickstart.yaml"], ids=lambda p: f"{p.parent.name}/{p.stem}"
+    "config",
+    PRETRAINING + [ROOT / "configs" / "quickstart.yaml", ROOT / "configs" / "quickstart_vit.yaml"],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
 def test_every_config_states_its_monitor_budgets(config):
     parsed = yaml.safe_load(config.read_text())
@@ -148,3 +150,23 @@ def test_config_resolves_to_its_own_datamodule_defaults(config, capsys):
     for name, parameter in inspect.signature(cls.__init__).parameters.items():
         if name not in ("self", "augment", "mean", "std") and name not in written:
             assert resolved["init_args"][name] == parameter.default, name
+
+
+def test_the_vit_quick_start_config_runs(tmp_path):
+    """configs/quickstart_vit.yaml by name, cut to one block and two steps: a ViT-Tiny on the
+    digits' 16 px in patches of 4, AdamW, the monitors on."""
+    cli = main(
+        [
+            "pretrain",
+            "--config=quickstart_vit",
+            "--model.backbone.depth=1",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
+    backbone = cli.model.backbone
+    assert type(backbone).__name__ == "VisionTransformer" and backbone.patch_embed.grid_size == (4, 4)
+    assert type(cli.model.optimizers().optimizer).__name__ == "AdamW" and cli.trainer.global_step == 2
+    assert (tmp_path / "quickstart_vit" / "checkpoints" / "last.ckpt").exists()

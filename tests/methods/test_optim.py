@@ -20,12 +20,21 @@ def test_bias_and_norm_parameters_are_excluded_by_module_type():
     assert len(everything["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", "SGD"), ("lars", "Lars"), ("adam", "Adam")])
+@pytest.mark.parametrize("name, cls", [("sgd", "SGD"), ("lars", "Lars"), ("adam", "Adam"), ("adamw", "AdamW")])
 def test_build_optimizer(name, cls):
     optimizer = build_optimizer(nn.Linear(4, 2), OptimizerConfig(name=name), lr=0.5)
     assert type(optimizer).__name__ == cls and optimizer.param_groups[0]["lr"] == 0.5
-    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
-        build_optimizer(nn.Linear(4, 2), OptimizerConfig(name="adamw"), lr=0.5)
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'; choose 'sgd', 'lars', 'adam' or 'adamw'"):
+        build_optimizer(nn.Linear(4, 2), OptimizerConfig(name="adagrad"), lr=0.5)
+
+
+def test_a_vits_position_embedding_and_class_token_are_spared_from_weight_decay():
+    """timm's no_weight_decay() names them (DINO's and solo-learn's ViT recipes spare them too)."""
+    model = create_backbone("vit_tiny", image_size=16, depth=1)
+    _, no_decay = parameter_groups(model, 0.1, exclude_bias_and_norm=True)
+    spared = {id(p) for p in no_decay["params"]}
+    assert id(model.pos_embed) in spared and id(model.cls_token) in spared
+    assert id(model.blocks[0].attn.qkv.weight) not in spared and id(model.blocks[0].norm1.weight) in spared
 
 
 def test_warmup_then_cosine_to_min_ratio():

@@ -134,3 +134,7 @@ def test_per_step_state_advances_once_per_optimizer_step(tmp_path, tiny, monkeyp
     assert momenta == pytest.approx([cosine_momentum(k, 3, 0.99) for k in (1, 2, 3)], abs=1e-12)
     assert momenta == pytest.approx([0.9925, 0.9975, 1.0], abs=1e-12)
     assert len(probe_steps) == 3
+    events = EventAccumulator(str(tmp_path / "quickstart"))
+    events.Reload()
+    logged = {event.step: event.value for event in events.Scalars("train/momentum")}  # per optimizer step
+    assert [logged[k] for k in sorted(logged)] == pytest.approx([0.9925, 0.9975, 1.0], abs=1e-6)

@@ -238,11 +238,12 @@ class KNNMonitor(_HeldOutMonitor):
         return "\n".join(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"results": dict(self.results), "results_l2": dict(self.results_l2)}
+        return {"results": dict(self.results), "results_l2": dict(self.results_l2), "sizes": self.sizes}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = dict(state_dict["results"])
         self.results_l2 = dict(state_dict.get("results_l2", {}))
+        self.sizes = state_dict.get("sizes")  # the summary of a resumed, finished run still counts its images
 
 
 class SpectrumMonitor(_HeldOutMonitor):

@@ -93,10 +93,12 @@ class SSLMethod(L.LightningModule):
         ``on_train_batch_end`` can checkpoint it."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.accumulated_micro_batches = 0
-        if self.target is not None:
-            # Lightning counts this step once the hook returns: it is step global_step + 1 of the run
-            momentum = cosine_momentum(self.global_step + 1, self.total_steps, *self.momentum_range)
-            self.target.update([self.backbone, self.projector], momentum)
+        if self.target is not None:  # Lightning counts this step once the hook returns: step global_step + 1
+            self.target.update([self.backbone, self.projector], self.target_momentum(self.global_step + 1))
+
+    def target_momentum(self, step: int) -> float:
+        """The momentum target's m after optimizer step ``step`` (1-based) of the run's planned steps."""
+        return cosine_momentum(step, self.total_steps, *self.momentum_range)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self.accumulated_micro_batches += 1  # back to 0 when this batch's gradients are stepped
@@ -173,10 +175,12 @@ class SSLMethod(L.LightningModule):
             )
 
     def log_outputs(self, outputs: dict[str, Tensor], prog_bar: bool = True) -> None:
-        """Logs the loss, its parts and the learning rate."""
+        """Logs the loss, its parts, the learning rate and the momentum target's m."""
         self.log("train/loss", outputs["loss"], prog_bar=prog_bar)
         self.log_dict({f"train/{name}": value for name, value in outputs.items() if name not in ("loss", "features")})
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self.target is not None:  # what the target moves with after this step (optimizer_step)
+            self.log("train/momentum", self.target_momentum(self.global_step + 1))
 
     def nonfinite_error(self, what: str) -> FloatingPointError:
         return FloatingPointError(

@@ -282,4 +282,5 @@ def _timm_backbone(model_name: str, norm: str | None, act: str | None, options: 
         raise ValueError(
             f"timm:{model_name} with norm={norm!r}, act={act!r} fails on a {size}x{size} image: {error}"
         ) from error
+    model.timm_args = {k: v for k, v in kwargs.items() if k == "img_size"}  # what timm.create_model needs (export)
     return model
