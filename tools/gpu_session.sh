@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and figure that needs a GPU, in one call (a GPU session has 30 minutes of device time):
-# the CUDA-only tests (CUDA-graph capture vs eager, device augmentation on CUDA tensors), then both
-# benchmarks. Results land in $OUT (the device tool's output folder) or checkpoints/gpu_session.
+# the CUDA-only tests (CUDA-graph capture vs eager, device augmentation on CUDA tensors), then the
+# benchmarks (pipeline, iternorm, backbones). Results land in $OUT (the device tool's output folder)
+# or checkpoints/gpu_session.
 #
 #   bash tools/gpu_session.sh
 #
@@ -21,3 +22,4 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 python3 -m pytest -q -p no:cacheprovider tests/engine tests/data/test_device_augment.py 2>&1 | tee "$out/tests.txt"
 python3 tools/benchmark.py pipeline --workers 16 --out "$out/pipeline.md" 2>&1 | tee "$out/pipeline.log"
 python3 tools/benchmark.py iternorm --out "$out/iternorm.md" 2>&1 | tee "$out/iternorm.log"
+python3 tools/benchmark.py backbones --out "$out/backbones.md" 2>&1 | tee "$out/backbones.log"

@@ -440,3 +440,17 @@ def test_a_checkpoint_between_micro_batches_resumes_exactly(tmp_path, run_args):
     ]
     for key in ("weight", "bias"):
         assert torch.equal(probe[0]["classifier"][key], probe[1]["classifier"][key])
+
+
+def test_a_run_saved_with_the_architectures_own_norm_spelled_out_resumes_with_it_unset():
+    """Runs saved before norm/act defaulted to the architecture's own wrote bn/relu: the same
+    run resumed with them unset is the same run; another norm is still a change."""
+    from spectral_ssl.runs import config_changes
+
+    def config(**backbone):
+        return {"model": {"init_args": {"backbone": {"name": "resnet18", **backbone}}}}
+
+    assert config_changes(config(norm="bn", act="relu"), config(norm=None, act=None)) == ([], [])
+    assert config_changes(config(norm="bn"), config(norm="pln")) == ([], ["model.backbone.norm: bn -> pln"])
+    vit = {"model": {"init_args": {"backbone": {"name": "vit_tiny", "norm": None}}}}
+    assert config_changes(vit, {"model": {"init_args": {"backbone": {"name": "vit_tiny", "norm": "ln"}}}}) == ([], [])

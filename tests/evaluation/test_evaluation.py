@@ -300,3 +300,27 @@ def test_counts_are_of_the_images_used_not_of_the_files_listed(checkpoint, tmp_p
     )
     assert cli.callback(KNNMonitor).sizes == (58, 58)  # 29 + 29 readable training images; val has none broken
     assert "(58 bank images, 58 queries)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_vit_run_resumes_and_every_evaluation_command_reads_its_checkpoint(tmp_path, capsys):
+    """A one-block ViT: one epoch, then the same command for two resumes it; knn, linear --fast,
+    spectrum and the linear protocol (a step) read its checkpoint, rebuilt for the 16 px digits."""
+    args = ["pretrain", "--config=quickstart", "--model.backbone.name=vit_tiny", "--model.backbone.depth=1",
+            "--model.backbone.embed_dim=24", "--model.backbone.num_heads=2", "--model.projector_dims=[64,64]",
+            "--data.batch_size=64", "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0",
+            "--output_dir", str(tmp_path), "--run_name", "vit", *FAST_RUN]  # fmt: skip
+    main([*args, "--trainer.max_epochs=1"])
+    capsys.readouterr()
+    main([*args, "--trainer.max_epochs=2"])
+    assert "Resuming from" in capsys.readouterr().err
+    checkpoint = tmp_path / "vit" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    main(["knn", str(checkpoint), "--k=[5]"])
+    assert "features: 1437 train x 24" in capsys.readouterr().out
+    assert 0.0 <= main(["linear", str(checkpoint), "--fast", "--epochs=2"]) <= 1.0
+    summaries = main(["spectrum", str(checkpoint), f"--out={tmp_path / 'spectrum'}"])
+    assert summaries["backbone"]["dim"] == 24
+    linear = ["linear", str(checkpoint), "--config", str(ROOT / "configs" / "linear" / "digits.yaml")]
+    cli = main([*linear, "--trainer.max_steps=1", "--output_dir", str(tmp_path), *FAST_RUN])
+    assert cli.trainer.global_step == 1 and cli.model.classifier.in_features == 24

@@ -12,7 +12,7 @@ from torch import nn
 
 from .norms import ChannelsLast, GroupedLayerNorm, IterNorm2d, LayerNorm2d, ParallelLayerNorm
 from .resnet import ARCHITECTURES, ResNet
-from .vit import VIT_PRESETS, vision_transformer
+from .vit import VIT_PRESETS, mlp_with_channel_activation, vision_transformer
 
 NORMS = ("bn", "syncbn", "gn", "ln", "rms", "pln", "pls", "lng", "iternorm", "none")
 ACTS = ("relu", "gelu", "identity", "pln")
@@ -269,8 +269,6 @@ def _timm_backbone(model_name: str, norm: str | None, act: str | None, options: 
             if act == "pln":
                 if family != "VisionTransformer":
                     raise ValueError("act='pln' needs the channel count: available for timm's VisionTransformers")
-                from .vit import mlp_with_channel_activation
-
                 kwargs["mlp_layer"] = mlp_with_channel_activation(act_layer(act, options, channels_last=True))
             else:
                 kwargs["act_layer"] = timm.layers.get_act_layer(act)  # timm's own, which accept inplace=
