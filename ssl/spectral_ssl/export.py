@@ -46,7 +46,7 @@ from .checkpoints import (
 )
 from .command import command_parser, reports_bad_input
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
-from .models.factory import default_norm_act
+from .models.factory import resolved_norm_act
 from .models.vit import VIT_PRESETS
 
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
@@ -59,8 +59,7 @@ def timm_equivalent(backbone: Mapping, model: nn.Module) -> tuple[str, dict]:
     dict; ``model``: the backbone it built) whose state_dict timm's model loads with
     ``strict=True`` and computes the same function with; a ValueError saying why not otherwise."""
     name = backbone["name"]
-    default_norm, default_act = default_norm_act(name)
-    norm, act = backbone.get("norm") or default_norm, backbone.get("act") or default_act
+    norm, act = resolved_norm_act(name, backbone.get("norm"), backbone.get("act"))
     if name.startswith("timm:"):
         if norm not in (None, "bn") or act not in (None, "relu"):
             raise ValueError(f"norm={norm!r} / act={act!r} replace layers inside timm's {name[5:]}")
@@ -247,7 +246,6 @@ def export_backbone(
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "backbone.json", json.dumps(metadata, indent=2) + "\n")
     size = image_size or trained_image_size(metadata["backbone"])
-    metadata = {**metadata, "example_image_size": size}
     example = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(example)
@@ -273,14 +271,15 @@ def export_backbone(
             _readable_by_all(path)
         written[fmt] = target
         log(f"wrote {target}")
-    _write_text(out / "README.md", _readme(out, metadata, written, skipped))
+    _write_text(out / "README.md", _readme(out, metadata, written, skipped, size))
     return written
 
 
 def _architecture(backbone: Mapping) -> str:
     """The options that say what the exported network is, for its README."""
-    norm, act = default_norm_act(backbone["name"])
-    norm, act = backbone.get("norm") or norm or "its own", backbone.get("act") or act or "its own"
+    norm, act = (
+        value or "its own" for value in resolved_norm_act(backbone["name"], backbone.get("norm"), backbone.get("act"))
+    )
     if backbone["name"] in VIT_PRESETS:
         size = {k: backbone.get(k) for k in ("patch_size", "embed_dim", "depth", "num_heads")}
         shape = ", ".join(f"{k} `{v}`" for k, v in size.items() if v) or "the preset's sizes"
@@ -289,10 +288,10 @@ def _architecture(backbone: Mapping) -> str:
     return f"norm `{norm}`, act `{act}`, width `{backbone.get('width')}`, {stem} stem"
 
 
-def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: Mapping[str, str]) -> str:
+def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: Mapping[str, str], size: int) -> str:
     """The export folder's README: each file, and the line that loads it."""
     folder = out.resolve()
-    backbone, size = metadata["backbone"], metadata["example_image_size"]
+    backbone = metadata["backbone"]
     lines = [
         f"# Backbone exported by spectral-ssl from `{metadata['source']}`",
         "",

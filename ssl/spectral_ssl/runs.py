@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpoints import unreadable_reason
-from .models.factory import BackboneConfig, default_norm_act
+from .models.factory import BackboneConfig, resolved_norm_act
 
 
 class CheckpointWriteError(OSError):
@@ -173,12 +173,9 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 
 def _with_own_norm_act(flat: dict[str, Any]) -> dict[str, Any]:
-    norm, act = default_norm_act(flat.get("model.backbone.name") or BackboneConfig.name)
-    return {
-        **flat,
-        "model.backbone.norm": flat.get("model.backbone.norm") or norm,
-        "model.backbone.act": flat.get("model.backbone.act") or act,
-    }
+    name = flat.get("model.backbone.name") or BackboneConfig.name
+    norm, act = resolved_norm_act(name, flat.get("model.backbone.norm"), flat.get("model.backbone.act"))
+    return {**flat, "model.backbone.norm": norm, "model.backbone.act": act}
 
 
 def _renamed(flat: dict[str, Any]) -> dict[str, Any]:

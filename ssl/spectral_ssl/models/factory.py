@@ -19,14 +19,16 @@ ACTS = ("relu", "gelu", "identity", "pln")
 BACKBONES = (*ARCHITECTURES, *VIT_PRESETS)
 
 
-def default_norm_act(name: str) -> tuple[str | None, str | None]:
-    """The (norm, act) a backbone has when none is chosen: ``bn``/``relu`` for the ResNets,
-    ``ln``/``gelu`` for the Vision Transformers, (None, None) for ``timm:`` models (their own)."""
+def resolved_norm_act(name: str, norm: str | None = None, act: str | None = None) -> tuple[str | None, str | None]:
+    """``norm`` and ``act``, each left unset (None) replaced by the architecture's own: ``bn``/``relu``
+    for the ResNets, ``ln``/``gelu`` for the Vision Transformers, None for ``timm:`` models (their own)."""
     if name in VIT_PRESETS:
-        return "ln", "gelu"
-    if name.startswith("timm:"):
-        return None, None
-    return "bn", "relu"
+        own = ("ln", "gelu")
+    elif name.startswith("timm:"):
+        own = (None, None)
+    else:
+        own = ("bn", "relu")
+    return norm or own[0], act or own[1]
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,7 @@ def create_backbone(
     """
     if isinstance(norm_options, dict):
         norm_options = NormOptions(**norm_options)
-    default_norm, default_act = default_norm_act(name)
-    norm, act = norm or default_norm, act or default_act
+    norm, act = resolved_norm_act(name, norm, act)
     if name.startswith("timm:"):
         return _timm_backbone(name.removeprefix("timm:"), norm, act, norm_options, image_size)
     if name in VIT_PRESETS:
