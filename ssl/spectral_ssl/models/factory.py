@@ -15,7 +15,7 @@ from .resnet import ARCHITECTURES, ResNet
 from .vit import VIT_PRESETS, mlp_with_channel_activation, vision_transformer
 
 NORMS = ("bn", "syncbn", "gn", "ln", "rms", "pln", "pls", "lng", "iternorm", "none")
-ACTS = ("relu", "gelu", "identity", "pln")
+ACTS = ("relu", "gelu", "tanh", "sigmoid", "identity", "pln")
 BACKBONES = (*ARCHITECTURES, *VIT_PRESETS)
 
 
@@ -86,6 +86,8 @@ def act_layer(
     layers: dict[str, Callable[[int], nn.Module]] = {
         "relu": lambda c: nn.ReLU(inplace=True),
         "gelu": lambda c: nn.GELU(),
+        "tanh": lambda c: nn.Tanh(),
+        "sigmoid": lambda c: nn.Sigmoid(),
         "identity": lambda c: nn.Identity(),
         "pln": norm_layer("pln", options, channels_last),  # PLN as the activation: the same layer as the norm
     }
@@ -163,7 +165,7 @@ def create_backbone(
     zero-initialised SkipInit gain). Options: :class:`NormOptions`; layouts and formulas:
     :func:`norm_layer`.
 
-    ``act``: ``relu``, ``gelu``, ``identity``, or ``pln``: **PLN as the activation**. In a
+    ``act``: ``relu``, ``gelu``, ``tanh``, ``sigmoid``, ``identity``, or ``pln``: **PLN as the activation**. In a
     ResNet it needs ``norm="pln"``: PLN then replaces both the norm and the nonlinearity — every
     conv is followed by a PLN and nothing else, and the activation after each residual addition
     is a PLN too. (``norm="pln", act="relu"`` is PLN used as a norm.) In this mode every tensor

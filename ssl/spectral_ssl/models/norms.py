@@ -77,13 +77,10 @@ class _BlockLayerNorm(_ChannelAffine):
 
     def forward(self, x: Tensor) -> Tensor:
         last = self.to_last(x)
-        blocks = last.reshape(-1, self.num_channels // self.group_size, self.group_size)
-        if self.centre:  # group_norm over (groups, k, 1) per row: exactly per-position block LN
-            normed = F.group_norm(
-                blocks.reshape(-1, self.num_channels, 1), self.num_channels // self.group_size, eps=self.eps
-            )
-        else:
-            normed = blocks * torch.rsqrt(blocks.square().mean(-1, keepdim=True) + self.eps)
+        blocks = last.reshape(*last.shape[:-1], self.num_channels // self.group_size, self.group_size)
+        # torch's fused kernels over the last axis of the blocks (layer_norm: 2x group_norm's speed here)
+        normalize = F.layer_norm if self.centre else F.rms_norm
+        normed = normalize(blocks, (self.group_size,), eps=self.eps)
         return self.affine(self.from_last(normed.reshape(last.shape)))
 
 
