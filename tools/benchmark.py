@@ -4,6 +4,12 @@
     python tools/benchmark.py pipeline [--shapes cifar imagenet] [--workers 16] [--out table.md]
     python tools/benchmark.py scale [--quick] [--out table.md]
     python tools/benchmark.py backbones [--batch N] [--out table.md]
+    python tools/benchmark.py peers [--quick] [--no-peer] [--out table.md]
+
+``peers``: lightly's documented Barlow Twins pipeline and ours side by side in one process tree
+(data path per image and per batch at 0 and 2 workers, model step, training images/s, peak memory);
+lightly comes from the ``[bench]`` extra and is skipped, with a line saying so, when absent (see
+``tools/peers_benchmark.py``).
 
 ``backbones``: parameters, forward FLOPs per image (torch's FlopCounterMode) and the step time of
 ResNet-18/50 and ViT-Tiny/Small at 32 and 224 px side by side, and a ViT-Small's norm choices (LN,
@@ -205,15 +211,19 @@ def seconds_per_step(batches, step, device, steps: int, warmup: int = 5) -> floa
 
 class StepTimer(L.Callback):
     """Seconds per training step after ``skip`` steps (warm-up, capture, compilation), and on
-    CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("warn")`` to count waits."""
+    CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("warn")`` to count waits.
+    ``flag``: a file created when the timed steps start and removed when they end (the peers
+    benchmark samples memory while it exists)."""
 
-    def __init__(self, skip: int) -> None:
-        self.skip = skip
+    def __init__(self, skip: int, flag: str | None = None) -> None:
+        self.skip, self.flag = skip, flag  # flag: a file that exists while the timed steps run
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.skip:
             _sync(pl_module.device)
             self.start = time.perf_counter()
+            if self.flag:
+                Path(self.flag).touch()
             if pl_module.device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
 
@@ -221,6 +231,8 @@ class StepTimer(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
         _sync(pl_module.device)
+        if self.flag:
+            Path(self.flag).unlink(missing_ok=True)
         self.steps = trainer.global_step - self.skip
         self.seconds = (time.perf_counter() - self.start) / self.steps
 
@@ -556,8 +568,21 @@ def main() -> None:
         help="what to measure (default: all)",
     )
     scale.add_argument("--out", type=Path, help="also write the markdown table here")
+    peers = sub.add_parser("peers", help="lightly's Barlow Twins pipeline and ours, side by side")
+    peers.add_argument("--quick", action="store_true", help="a tiny run (the test suite's)")
+    peers.add_argument("--no-peer", action="store_true", help="ours alone, even with lightly installed")
+    peers.add_argument("--images", type=int, default=10_000, help="generated 32 px training images")
+    peers.add_argument("--batch", type=int, default=128)
+    peers.add_argument("--skip", type=int, default=4, help="training steps before the timed ones")
+    peers.add_argument("--steps", type=int, default=6, help="timed training steps")
+    peers.add_argument("--rounds", type=int, default=2, help="alternations of lightly and ours")
+    peers.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
-    if args.benchmark == "scale":
+    if args.benchmark == "peers":
+        from peers_benchmark import run_peers
+
+        table = run_peers(args)
+    elif args.benchmark == "scale":
         from scale_benchmark import run_scale
 
         table = run_scale(args)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .views import Augmentation, blur_kernel_size
+from .cpu_augment import blur_kernel_size
+from .views import Augmentation
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 

@@ -21,6 +21,7 @@ from .views import Augmentation, apply_seeded
 
 log = logging.getLogger(__name__)
 OnCorrupt = Literal["skip", "raise"]
+JPEG = (".jpg", ".jpeg")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_AUGMENTATION = [  # BYOL / INTL: blur on view 0 always, solarize on view 1 only
     Augmentation(size=224, blur_p=1.0),
@@ -67,8 +68,11 @@ class ImageFileDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
+            if seed is not None and getattr(self.transform, "takes_rng", False) and path.lower().endswith(JPEG):
+                # the views open the file themselves: one decode, reduced in size where every crop allows
+                return apply_seeded(self.transform, path, seed), label
             image = as_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB))
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
             return _unreadable(path, error, self.on_corrupt)
         return apply_seeded(self.transform, image, seed), label
 

@@ -1,7 +1,8 @@
 """Augmented views and their reproducible randomness.
 
 The stream of training views depends only on (seed, epoch, sample index): the sampler draws the
-shuffle order from (seed, epoch), and each sample's augmentation runs under its own RNG seed.
+shuffle order from (seed, epoch), and each sample's augmentation draws its parameters from its own
+generator, seeded by them (:mod:`spectral_ssl.data.cpu_augment`).
 A run resumed from a checkpoint, mid-epoch included (:class:`ResumableLoader`), therefore sees
 exactly the data it would have seen, whatever the number of DataLoader workers.
 """
@@ -9,25 +10,22 @@ exactly the data it would have seen, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 
 from ..seeding import mix_seeds
-
-
-def blur_kernel_size(image_size: int) -> int:
-    """The Gaussian blur's kernel: about 10% of the image side, odd, at least 3 (SimCLR's rule)."""
-    return max(2 * (image_size // 20) + 1, 3)
+from .cpu_augment import PILAugmentation, views
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The SSL augmentation recipe (SimCLR / BYOL family) for one view, on uint8 image tensors.
+    """The SSL augmentation recipe (SimCLR / BYOL family) for one view: :meth:`build` makes it in
+    DataLoader workers (Pillow's kernels), :class:`~.device_augment.BatchAugmentation` on the device.
 
     RandomResizedCrop(size, scale, bicubic) -> flip (p ``flip_p``) -> ColorJitter(brightness,
     contrast, saturation, hue) with p ``jitter_p`` -> grayscale (p ``grayscale_p``) -> Gaussian
@@ -43,35 +41,23 @@ class Augmentation:
     blur_p: float = 0.0
     solarize_p: float = 0.0
 
-    def build(self, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-        steps: list[Callable] = [
-            v2.RandomResizedCrop(
-                self.size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
-            ),
-        ]
-        if self.flip_p > 0:
-            steps.append(v2.RandomHorizontalFlip(self.flip_p))
-        if self.jitter_p > 0:
-            steps.append(v2.RandomApply([v2.ColorJitter(*self.jitter)], p=self.jitter_p))
-        if self.grayscale_p > 0:
-            steps.append(v2.RandomGrayscale(self.grayscale_p))
-        if self.blur_p > 0:
-            steps.append(
-                v2.RandomApply([v2.GaussianBlur(blur_kernel_size(self.size), sigma=(0.1, 2.0))], p=self.blur_p)
-            )
-        if self.solarize_p > 0:
-            steps.append(v2.RandomSolarize(128, p=self.solarize_p))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        return v2.Compose(steps)
+    def build(self, mean: Sequence[float], std: Sequence[float]) -> PILAugmentation:
+        """This view in DataLoader workers: ``transform(image, rng)`` on Pillow's kernels with
+        torchvision's distributions, parameters drawn from ``rng`` (:mod:`.cpu_augment`)."""
+        return PILAugmentation(self, mean, std)
 
 
 class MultiView:
-    """Applies each of several transforms to the same image: one view per transform."""
+    """Applies each of several transforms to the same image: one view per transform. Views of
+    :meth:`Augmentation.build` share one generator and one (reduced) decode of a file."""
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
         self.transforms = list(transforms)
+        self.takes_rng = all(isinstance(t, PILAugmentation) for t in self.transforms)
 
-    def __call__(self, image: Tensor) -> list[Tensor]:
+    def __call__(self, image, rng: random.Random | None = None) -> list[Tensor]:
+        if self.takes_rng:
+            return views(self.transforms, image, rng)
         return [t(image) for t in self.transforms]
 
 
@@ -96,12 +82,16 @@ class TensorImageDataset(Dataset):
 
 
 def apply_seeded(transform: Callable | None, image, seed: int | None):
-    """``transform(image)`` (the image itself when there is none), under RNG seed ``seed`` when
-    one is given (the global RNG is left as it was), else under the global RNG."""
+    """``transform(image)`` (the image itself when there is none), its randomness drawn from
+    ``seed``: the views of :meth:`Augmentation.build` get their own ``random.Random(seed)``;
+    any other transform runs under torch's RNG seeded so (the global RNG is left as it was). Without
+    a seed, under the global RNG."""
     if transform is None:
         return image
     if seed is None:
         return transform(image)
+    if getattr(transform, "takes_rng", False):
+        return transform(image, random.Random(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transform(image)
