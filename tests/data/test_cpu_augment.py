@@ -14,7 +14,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from spectral_ssl.data import Augmentation
-from spectral_ssl.data.cpu_augment import PILAugmentation, blur_kernel_size, crop_box, gaussian_blur, views
+from spectral_ssl.data.cpu_augment import (
+    DecodeError,
+    PILAugmentation,
+    blur_kernel_size,
+    crop_box,
+    gaussian_blur,
+    make_views,
+)
 
 
 def ks_statistic(a, b) -> float:
@@ -119,11 +126,11 @@ def test_views_depend_only_on_the_seed():
     augmentation = PILAugmentation(Augmentation(size=16), MEAN, STD)
     image = torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8)
     torch.manual_seed(1)
-    first = views([augmentation] * 2, image, random.Random(7))
+    first = make_views([augmentation] * 2, image, random.Random(7))
     torch.manual_seed(2)  # torch's global generator plays no part
-    again = views([augmentation] * 2, image, random.Random(7))
+    again = make_views([augmentation] * 2, image, random.Random(7))
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[0], views([augmentation] * 2, image, random.Random(8))[0])
+    assert not torch.equal(first[0], make_views([augmentation] * 2, image, random.Random(8))[0])
     torch.manual_seed(5)  # without a generator: one seeded from torch's, so manual_seed fixes it
     a = augmentation(image)
     torch.manual_seed(5)
@@ -141,20 +148,32 @@ def test_a_jpeg_is_decoded_once_at_reduced_size_when_every_crop_allows(tmp_path,
         JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or real_draft(self, mode, size)
     )
     small = PILAugmentation(Augmentation(size=32, scale=(0.5, 1.0), jitter_p=0, grayscale_p=0, flip_p=0), MEAN, STD)
-    reduced = views([small, small], str(path), random.Random(0))
+    reduced = make_views([small, small], str(path), random.Random(0))
     assert len(drafts) == 1  # one decode for both views, at a reduced size
-    full = views([small, small], Image.open(path).convert("RGB"), random.Random(0))
+    full = make_views([small, small], Image.open(path).convert("RGB"), random.Random(0))
     for a, b in zip(reduced, full, strict=True):
         assert a.shape == b.shape == (3, 32, 32)
         assert (a - b).abs().mean() < 0.1  # the same content (normalized units; a smooth image)
     drafts.clear()
     large = PILAugmentation(Augmentation(size=224, scale=(0.9, 1.0)), MEAN, STD)
-    views([large], str(path), random.Random(0))
+    make_views([large], str(path), random.Random(0))
     assert drafts == []  # a crop near the full image at 224 px: no reduction possible
 
 
-def test_corrupt_jpeg_raises_an_os_error(tmp_path):
+def test_a_corrupt_file_is_a_decode_error_and_an_augmentation_error_is_not_swallowed(tmp_path, monkeypatch):
+    from spectral_ssl.data.folder import ImageFileDataset
+    from spectral_ssl.data.views import MultiView
+
     path = tmp_path / "broken.JPEG"
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(OSError):
-        views([PILAugmentation(Augmentation(size=16), MEAN, STD)], str(path), random.Random(0))
+    good = tmp_path / "good.JPEG"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(good)
+    transform = MultiView([PILAugmentation(Augmentation(size=16), MEAN, STD)] * 2)
+    dataset = ImageFileDataset([(str(path), 0), (str(good), 1)], transform, on_corrupt="skip")
+    assert type(dataset[(0, 5)]).__name__ == "Skipped"  # the file's error: skipped, as on_corrupt says
+    assert len(dataset[(1, 5)][0]) == 2
+    monkeypatch.setattr(PILAugmentation, "finish", lambda *_: (_ for _ in ()).throw(ValueError("a bug in a view")))
+    with pytest.raises(ValueError, match="a bug in a view"):  # not taken for an unreadable file
+        dataset[(1, 5)]
+    with pytest.raises(DecodeError):
+        make_views([PILAugmentation(Augmentation(size=16), MEAN, STD)], str(path), random.Random(0))

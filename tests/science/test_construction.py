@@ -21,7 +21,7 @@ def test_construction_classifies_random_labels(m, classes):
     assert all(m.out_features == 3 for m in module[:-1] if isinstance(m, nn.Linear))  # width 3 throughout
 
 
-def test_points_that_cannot_be_separated_are_refused():
+def test_duplicate_points_are_refused():  # with different labels no function separates them
     x = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    with pytest.raises(ValueError, match="coincide"):
+    with pytest.raises(ValueError, match="meet along the projection"):
         construct(x, torch.tensor([0, 1, 0]))

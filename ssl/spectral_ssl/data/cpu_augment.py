@@ -12,15 +12,17 @@ image (``fork_rng`` + ``manual_seed``, 0.35 ms an image) costs more than all of 
   workers. The distributions are torchvision's: RandomResizedCrop's 10 tries then the central
   fallback, ColorJitter's random order and uniform factors, each op's probability (tested
   against ``torchvision.transforms.v2``).
-- **Kernels**: the ops themselves are ``torchvision.transforms.v2.functional`` on PIL images,
-  which are Pillow's (crop + bicubic resize, ImageEnhance, HSV hue shift, ``convert("L")``,
-  ``ImageOps.solarize``); the Gaussian blur is torchvision's (kernel 10% of the side, as in the
-  tensor path).
+- **Kernels**: Pillow's, as torchvision applies them to PIL images: crop then bicubic resize
+  (Pillow's own calls, equal to ``v2.functional.resized_crop`` on a PIL image), flip, and
+  ``v2.functional``'s colour ops, grayscale and solarize on PIL images (ImageEnhance, the HSV hue
+  shift, ``ImageOps.solarize``); the Gaussian blur is torchvision's kernel (10% of the side, as in
+  the tensor path) computed as two banded matrix products.
 - **Decoding**: given a file path, the image is opened with Pillow and, for a JPEG, decoded at a
   reduced size (``Image.draft``: libjpeg's DCT scaling by 1/2, 1/4, 1/8) when every view's crop
-  still has at least its output size in pixels: all crops of an image are drawn before it is
-  decoded, so one reduced decode serves every view (a 224 px view of a 500 x 375 ImageNet image
-  from a crop of under half the side reads a quarter of the pixels).
+  holds at least twice its output size in pixels: all crops of an image are drawn before it is
+  decoded, so one reduced decode serves every view (a 96 px view of a 1000 px photo from a crop
+  of 400 px decodes a quarter of the side). A reduced decode resamples the crop box in the
+  reduced image (``resize(box=)``), not an exact replay of torchvision's crop.
 
 Output: float32 (3, size, size) tensors normalized by ``mean``/``std`` (given in [0, 1]).
 """
@@ -83,12 +85,9 @@ class PILAugmentation:
         mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         self.scale, self.shift = 1 / (255 * std_t), -mean_t / std_t  # (x / 255 - mean) / std as x * a + b
         jitter = recipe.jitter
-        self.jitter_ranges = [
-            (max(0.0, 1 - jitter[0]), 1 + jitter[0]) if jitter[0] else None,
-            (max(0.0, 1 - jitter[1]), 1 + jitter[1]) if jitter[1] else None,
-            (max(0.0, 1 - jitter[2]), 1 + jitter[2]) if jitter[2] else None,
-            (-jitter[3], jitter[3]) if jitter[3] else None,
-        ]
+        # torchvision's ColorJitter ranges; a jitter of 0 is no op and draws no factor
+        self.jitter_ranges = [((max(0.0, 1 - j), 1 + j) if j else None) for j in jitter[:3]]
+        self.jitter_ranges.append((-jitter[3], jitter[3]) if jitter[3] else None)
         self.blur_kernel = blur_kernel_size(recipe.size)
 
     def crop(self, width: int, height: int, rng: random.Random) -> Box:
@@ -128,7 +127,7 @@ class PILAugmentation:
         return view
 
     def __call__(self, image, rng: random.Random | None = None) -> Tensor:
-        return views([self], image, rng)[0]
+        return make_views([self], image, rng)[0]
 
 
 def gaussian_blur(image: Image.Image, kernel_size: int, sigma: float) -> Image.Image:
@@ -165,31 +164,47 @@ def global_rng() -> random.Random:
     return random.Random(int(torch.randint(2**62, ())))
 
 
-def views(augmentations: Sequence[PILAugmentation], image, rng: random.Random | None = None) -> list[Tensor]:
+class DecodeError(OSError):
+    """A file that Pillow cannot open or decode (corrupt, truncated, not an image, too large)."""
+
+
+def make_views(augmentations: Sequence[PILAugmentation], image, rng: random.Random | None = None) -> list[Tensor]:
     """One view per augmentation of ``image``: a uint8 (3, H, W) tensor, a PIL image, or a file
     path (opened here and closed after). Every crop is drawn first from the image's size; a JPEG
     file is then decoded once, at the smallest DCT scale that leaves every crop at least its
-    output size. Raises OSError (PIL's UnidentifiedImageError among them) for a file that cannot
-    be decoded."""
+    output size. Raises :class:`DecodeError` for a file that cannot be opened or decoded (and
+    nothing else: an error of the augmentation itself propagates as it is)."""
     rng = rng or global_rng()
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return _views(augmentations, opened, rng, undecoded=True)
+        try:
+            opened = Image.open(image)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DecodeError(f"{image}: {error}") from error
+        with opened:
+            return _make_views(augmentations, opened, rng, from_file=True)
     if not isinstance(image, Image.Image):
         image = Image.fromarray(image.permute(1, 2, 0).numpy())
-    return _views(augmentations, image, rng, undecoded=False)
+    return _make_views(augmentations, image, rng, from_file=False)
 
 
-def _views(augmentations, pil: Image.Image, rng: random.Random, undecoded: bool) -> list[Tensor]:
+def _make_views(augmentations, pil: Image.Image, rng: random.Random, from_file: bool) -> list[Tensor]:
+    """``from_file``: ``pil`` is opened, not yet loaded, so a JPEG can still be decoded reduced."""
     width, height = pil.size
     boxes = [a.crop(width, height, rng) for a in augmentations]
-    if undecoded and pil.format == "JPEG":
-        shrink = min(min(box[2] / a.recipe.size, box[3] / a.recipe.size) for a, box in zip(augmentations, boxes))
-        if shrink >= 2:
-            pil.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
-    pil = pil.convert("RGB") if pil.mode != "RGB" else pil
-    pil.load()
-    if pil.size != (width, height):  # decoded reduced: boxes in its pixels
-        sx, sy = pil.size[0] / width, pil.size[1] / height
-        boxes = [(left * sx, top * sy, w * sx, h * sy) for left, top, w, h in boxes]
+    scale = 1.0
+    try:
+        if from_file and pil.format in ("JPEG", "MPO"):
+            shrink = min(min(box[2] / a.recipe.size, box[3] / a.recipe.size) for a, box in zip(augmentations, boxes))
+            if shrink >= 2:
+                drafted = pil.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))
+                if drafted is not None:  # libjpeg maps x -> x / s exactly: the box it reports is (0, 0, W/s, H/s)
+                    scale = drafted[1][2] / width
+        pil = pil.convert("RGB") if pil.mode != "RGB" else pil
+        pil.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        if not from_file:
+            raise
+        raise DecodeError(f"{getattr(pil, 'filename', 'image')}: {error}") from error
+    if scale != 1.0:  # decoded reduced: boxes in its pixels
+        boxes = [(left * scale, top * scale, w * scale, h * scale) for left, top, w, h in boxes]
     return [a.finish(pil, box, rng) for a, box in zip(augmentations, boxes, strict=True)]

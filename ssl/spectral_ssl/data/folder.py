@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_dtype
 
 from .base import Normalize, Skipped, Split, SSLDataModule
+from .cpu_augment import DecodeError
 from .index import ImageIndex
 from .views import Augmentation, apply_seeded
 
@@ -52,9 +53,10 @@ def as_uint8(image: torch.Tensor) -> torch.Tensor:
 
 class ImageFileDataset(Dataset):
     """(path, label) samples decoded to uint8 RGB tensors, then ``transform``ed; indexable by ``i``
-    or ``(i, seed)`` (the transform then runs under that RNG seed). An unreadable file is logged
-    with its path and returned as :class:`Skipped` (``on_corrupt="skip"``) or raises
-    :class:`UnreadableImageError` naming it (``"raise"``)."""
+    or ``(i, seed)`` (the transform's randomness then comes from that seed: :func:`apply_seeded`;
+    the views of :meth:`Augmentation.build` open a JPEG themselves, for one reduced decode). An
+    unreadable file is logged with its path and returned as :class:`Skipped`
+    (``on_corrupt="skip"``) or raises :class:`UnreadableImageError` naming it (``"raise"``)."""
 
     def __init__(
         self, samples: Sequence[tuple[str, int]], transform: Callable | None = None, on_corrupt: OnCorrupt = "skip"
@@ -67,12 +69,14 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        try:
-            if seed is not None and getattr(self.transform, "takes_rng", False) and path.lower().endswith(JPEG):
-                # the views open the file themselves: one decode, reduced in size where every crop allows
+        if getattr(self.transform, "takes_rng", False) and path.lower().endswith(JPEG):
+            try:  # the views open the file themselves: one decode, reduced in size where every crop allows
                 return apply_seeded(self.transform, path, seed), label
+            except DecodeError as error:  # only the file's own errors; the augmentation's propagate
+                return _unreadable(path, error, self.on_corrupt)
+        try:
             image = as_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB))
-        except (RuntimeError, OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        except (RuntimeError, OSError, ValueError) as error:
             return _unreadable(path, error, self.on_corrupt)
         return apply_seeded(self.transform, image, seed), label
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..seeding import mix_seeds
-from .cpu_augment import PILAugmentation, views
+from .cpu_augment import PILAugmentation, make_views
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,15 @@ class MultiView:
 
     def __call__(self, image, rng: random.Random | None = None) -> list[Tensor]:
         if self.takes_rng:
-            return views(self.transforms, image, rng)
+            return make_views(self.transforms, image, rng)
         return [t(image) for t in self.transforms]
 
 
 class TensorImageDataset(Dataset):
     """Images held as one uint8 tensor (N, C, H, W) with integer labels, transformed on access.
 
-    Indexed by ``i`` or by ``(i, seed)``; with a seed the transform runs under that RNG seed
-    (see :class:`SeededEpochSampler`), without one under the global RNG.
+    Indexed by ``i`` or by ``(i, seed)``; with a seed the transform's randomness comes from it
+    (:func:`apply_seeded`, :class:`SeededEpochSampler`), without one from the global RNG.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable | None = None) -> None:

@@ -95,10 +95,11 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 
 def construct(points: Tensor, labels: Tensor, seed: int = 0) -> LNNetConstruction:
     """Builds the width-3 LN-Net for ``points`` (m, d) and integer ``labels`` (m,) in [0, K), in
-    ``DIGITS``-digit arithmetic: every point's state on the circle is carried exactly, each merge's
-    centre is computed from the exact states (the choice among candidates is made on their float64
-    roundings). Raises ValueError when two points with different labels coincide (no function
-    separates them) or the projection makes two points coincide."""
+    ``DIGITS``-digit arithmetic: every point's state on the circle is carried to that precision,
+    each merge's centre computed from those states (the choice among candidates is made on their
+    float64 roundings). Raises ValueError when two points meet along the projection (duplicate
+    points, or a projection that ties them: another ``seed`` draws another). :func:`verify`
+    checks the result."""
     import mpmath
 
     with mpmath.workdps(DIGITS):
@@ -109,7 +110,9 @@ def construct(points: Tensor, labels: Tensor, seed: int = 0) -> LNNetConstructio
         w = np.random.default_rng(seed).standard_normal(x.shape[1])
         t64 = x @ w
         if len(np.unique(t64)) < len(t64):
-            raise ValueError("two points coincide along the projection: remove duplicates (or they share a label)")
+            raise ValueError(
+                "two points meet along the projection: remove duplicate points, or try another seed if they differ"
+            )
         a, b0 = 1 / t64.std(), -t64.mean() / t64.std()
         first = basis * mpmath.matrix([list(a * w), [0] * len(w)])
         layers = [(first, basis * mpmath.matrix([b0, 1]))]
@@ -142,8 +145,6 @@ def construct(points: Tensor, labels: Tensor, seed: int = 0) -> LNNetConstructio
                 moved.append((d[0] / norm, d[1] / norm))
             state = moved[:j] + moved[j + 1 :]  # q now sits on p
             point_label = np.delete(point_label, j)
-        if len(np.unique(point_label)) != len(point_label):
-            raise ValueError("points with different labels coincide: no function separates them")
         rows = [[0, 0] for _ in range(classes)]
         for label, u in zip(point_label, state, strict=True):
             rows[label] = [u[0], u[1]]

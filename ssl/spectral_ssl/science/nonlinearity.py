@@ -53,13 +53,18 @@ def _scatter(x: Tensor) -> Tensor:
     return centred.T @ centred
 
 
+def scatter_ratio(x1: Tensor, x2: Tensor) -> Tensor:
+    """:func:`ssr` as a differentiable tensor in the inputs' dtype (a training loss)."""
+    both = torch.cat([x1, x2])
+    within = (x1 - x1.mean(0)).square().sum() + (x2 - x2.mean(0)).square().sum()
+    return within / (both - both.mean(0)).square().sum()
+
+
 def ssr(x1: Tensor, x2: Tensor) -> float:
     """Sum of squares ratio of two classes (n1, d), (n2, d): (SS(x1) + SS(x2)) / SS(x1 u x2), SS
     the sum of squared distances to the set's mean. In [0, 1]: 1 when the class means coincide,
     0 when each class is a single point; lower is more separable. Computed in float64."""
-    x1, x2 = x1.to(torch.float64), x2.to(torch.float64)
-    within = _scatter(x1).trace() + _scatter(x2).trace()
-    return (within / _scatter(torch.cat([x1, x2])).trace()).item()
+    return scatter_ratio(x1.to(torch.float64), x2.to(torch.float64)).item()
 
 
 def lssr(x1: Tensor, x2: Tensor, rtol: float = 1e-10) -> float:

@@ -56,8 +56,9 @@ class PairedDifference:
 def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> PairedDifference:
     """Compares two measurements made on the same seeds (``a[i]`` and ``b[i]`` share seed i): a
     percentile bootstrap of the mean per-seed difference (scipy.stats.bootstrap, 10,000 resamples,
-    seeded) and the paired t-test (scipy.stats.ttest_rel; p = 1 when every difference is 0, NaN
-    when they are all equal and nonzero, which then counts as noise). Needs >= 2 seeds."""
+    seeded) and the paired t-test (scipy.stats.ttest_rel). When every seed gives the same
+    difference, the interval is that value and p is 1 if it is 0, else 0 (no spread: a difference).
+    Needs >= 2 seeds."""
     from scipy import stats
 
     diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)

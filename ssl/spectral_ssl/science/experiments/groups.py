@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ...models.norms import GroupedLayerNorm
-from ..nonlinearity import hessian_norm, layer_norm_hessian_norm, lssr, ssr
+from ..nonlinearity import hessian_norm, layer_norm_hessian_norm, lssr, scatter_ratio, ssr
 from ..report import Experiment, formatted, markdown_table
 from .common import error_bar_plot
 
@@ -34,13 +34,6 @@ def xor_blobs(n: int, generator: torch.Generator, spread: float = 0.3) -> tuple[
     return x[same], x[~same]
 
 
-def _scatter_ratio(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
-    """SSR as a differentiable tensor (the training loss of (b))."""
-    h = torch.cat([h1, h2])
-    within = (h1 - h1.mean(0)).square().sum() + (h2 - h2.mean(0)).square().sum()
-    return within / (h - h.mean(0)).square().sum()
-
-
 def trained_lssr(groups: int, x1: torch.Tensor, x2: torch.Tensor, seed: int, steps: int, width: int = 16) -> float:
     torch.manual_seed(seed)
     layer = torch.nn.Sequential(
@@ -49,7 +42,7 @@ def trained_lssr(groups: int, x1: torch.Tensor, x2: torch.Tensor, seed: int, ste
     readout = torch.nn.Linear(width, 1)
     optimizer = torch.optim.Adam([*layer.parameters(), *readout.parameters()], lr=1e-2)
     for _ in range(steps):
-        loss = _scatter_ratio(readout(layer(x1)), readout(layer(x2)))
+        loss = scatter_ratio(readout(layer(x1)), readout(layer(x2)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
