@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -209,11 +210,27 @@ def seconds_per_step(batches, step, device, steps: int, warmup: int = 5) -> floa
     return (time.perf_counter() - start) / steps
 
 
+def process_tree_pss(pid: int) -> int:
+    """Bytes: the summed proportional set size of ``pid`` and its descendants (Linux)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
 class StepTimer(L.Callback):
     """Seconds per training step after ``skip`` steps (warm-up, capture, compilation), and on
     CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("warn")`` to count waits.
     ``flag``: a file created when the timed steps start and removed when they end (the peers
-    benchmark samples memory while it exists)."""
+    benchmark samples memory while it exists), and ``<flag>.pss`` holding one sample taken at the end."""
 
     def __init__(self, skip: int, flag: str | None = None) -> None:
         self.skip, self.flag = skip, flag  # flag: a file that exists while the timed steps run
@@ -231,7 +248,8 @@ class StepTimer(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
         _sync(pl_module.device)
-        if self.flag:
+        if self.flag:  # one sample of the run's memory at the end of the timed steps, however short they were
+            Path(self.flag + ".pss").write_text(str(process_tree_pss(os.getpid())))
             Path(self.flag).unlink(missing_ok=True)
         self.steps = trainer.global_step - self.skip
         self.seconds = (time.perf_counter() - self.start) / self.steps

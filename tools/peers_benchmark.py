@@ -196,24 +196,10 @@ def model_step_ms(batch: int, rounds: int, peer: bool, steps: int) -> dict:
 
 
 # --- (4) training, one subprocess per run ---------------------------------------------------------
-def process_tree_pss(pid: int) -> int:
-    """Bytes: the summed proportional set size of ``pid`` and its descendants (Linux)."""
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return total
-
-
 def train_run(framework: str, root: str, batch: int, workers: int, skip: int, steps: int) -> dict:
     """Runs ``_train`` in a subprocess, sampling its process tree's memory; returns its report."""
+    from benchmark import process_tree_pss
+
     flag = Path(root) / f"timing-{framework}"
     command = [sys.executable, __file__, "_train", framework, root, str(batch), str(workers), str(skip), str(steps)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -232,7 +218,8 @@ def train_run(framework: str, root: str, batch: int, workers: int, skip: int, st
     if process.returncode:
         raise RuntimeError(f"{framework} training run failed:\n{err[-3000:]}")
     report = json.loads(out.strip().splitlines()[-1])
-    return {**report, "peak_mb": peak[0] / 2**20}
+    last = Path(f"{flag}.pss")  # the run's own sample at the end of its timed steps
+    return {**report, "peak_mb": max(peak[0], int(last.read_text())) / 2**20}
 
 
 def _train(framework: str, root: str, batch: int, workers: int, skip: int, steps: int) -> None:
@@ -267,6 +254,7 @@ def _train_lightly(root: str, batch: int, workers: int, skip: int, steps: int, f
     from lightly.loss import BarlowTwinsLoss
     from lightly.models.modules import BarlowTwinsProjectionHead
 
+    from benchmark import process_tree_pss
     from spectral_ssl.data import CIFARDataModule
 
     class BarlowTwinsModel(pl.LightningModule):  # lightly's examples/pytorch_lightning/barlowtwins.py
@@ -289,6 +277,7 @@ def _train_lightly(root: str, batch: int, workers: int, skip: int, steps: int, f
                 flag.touch()
 
         def on_train_end(self, trainer, *_):
+            Path(f"{flag}.pss").write_text(str(process_tree_pss(os.getpid())))
             flag.unlink(missing_ok=True)
             self.seconds = (time.perf_counter() - self.start) / (trainer.global_step - skip)
 
