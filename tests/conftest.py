@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spectral_ssl.cli import main
-from spectral_ssl.command import THIRD_PARTY_NOTICES, quiet_third_party_notices
+from spectral_ssl.commands import main
+from spectral_ssl.commands.common import THIRD_PARTY_NOTICES, quiet_third_party_notices
 
 
 def pytest_configure(config):
@@ -110,7 +110,7 @@ def trained_against_initial():
     def mean_loss(model, batches) -> float:
         model = copy.deepcopy(model).train()
         with torch.no_grad():
-            return sum(float(model.step_outputs(batch[0])["loss"]) for batch in batches) / len(batches)
+            return sum(float(model.compute_loss(batch[0])["loss"]) for batch in batches) / len(batches)
 
     def compare(cli, batches: int = 4) -> tuple[float, float]:
         trained = cli.model

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -182,7 +183,7 @@ def training_step(model, speed, device: torch.device, bf16: bool):
 
     def step(views):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph):
-            parts = model.step_outputs(views)
+            parts = model.compute_loss(views)
         parts["loss"].backward()
         optimizer.step()
         return parts
@@ -210,15 +211,21 @@ def seconds_per_step(batches, step, device, steps: int, warmup: int = 5) -> floa
     return (time.perf_counter() - start) / steps
 
 
+def process_pss(pid: int | str = "self") -> int:
+    """Bytes: the proportional set size of one process (Linux)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def process_tree_pss(pid: int) -> int:
     """Bytes: the summed proportional set size of ``pid`` and its descendants (Linux)."""
     total, stack = 0, [pid]
     while stack:
         current = stack.pop()
         try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+            total += process_pss(current)
             for task in Path(f"/proc/{current}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -226,11 +233,38 @@ def process_tree_pss(pid: int) -> int:
     return total
 
 
+def peak_rss(pid: int | str = "self") -> int:
+    """Bytes: the largest resident set ``pid`` has had (``VmHWM``; Linux): exact, where a sampled
+    PSS is whatever moment the sampler happened to see."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def memory_report(trainer) -> dict:
+    """MB, taken in a run at the end of its timed steps: ``tree_pss`` (main + loader workers, PSS
+    now), ``main_peak`` (the main process's peak RSS), ``workers_pss`` (the workers' share of the
+    tree) and ``optimizer_state`` (the tensors the optimizers keep between steps: SGD's or LARS's
+    momentum)."""
+    tree = process_tree_pss(os.getpid())
+    state = sum(
+        t.nbytes for o in trainer.optimizers for s in o.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    mb = 2**20
+    return {
+        "tree_pss": tree / mb,
+        "main_peak": peak_rss() / mb,
+        "workers_pss": (tree - process_pss()) / mb,
+        "optimizer_state": state / mb,
+    }
+
+
 class StepTimer(L.Callback):
     """Seconds per training step after ``skip`` steps (warm-up, capture, compilation), and on
     CUDA the timed steps run under ``torch.cuda.set_sync_debug_mode("warn")`` to count waits.
     ``flag``: a file created when the timed steps start and removed when they end (the peers
-    benchmark samples memory while it exists), and ``<flag>.pss`` holding one sample taken at the end."""
+    benchmark samples memory while it exists), and ``<flag>.json`` holding :func:`memory_report` at the end."""
 
     def __init__(self, skip: int, flag: str | None = None) -> None:
         self.skip, self.flag = skip, flag  # flag: a file that exists while the timed steps run
@@ -248,8 +282,8 @@ class StepTimer(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.set_sync_debug_mode(0)
         _sync(pl_module.device)
-        if self.flag:  # one sample of the run's memory at the end of the timed steps, however short they were
-            Path(self.flag + ".pss").write_text(str(process_tree_pss(os.getpid())))
+        if self.flag:  # the run's memory at the end of the timed steps, however short they were
+            Path(self.flag + ".json").write_text(json.dumps(memory_report(trainer)))
             Path(self.flag).unlink(missing_ok=True)
         self.steps = trainer.global_step - self.skip
         self.seconds = (time.perf_counter() - self.start) / self.steps

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
-from spectral_ssl.cli import pretrain, supervised  # noqa: E402
+from spectral_ssl.commands import pretrain, supervised  # noqa: E402
 from spectral_ssl.evaluation import KNNMonitor, extract_features, linear_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
-from spectral_ssl.cli import pretrain  # noqa: E402
+from spectral_ssl.commands import pretrain  # noqa: E402
 from spectral_ssl.evaluation import KNNMonitor, covariance_spectrum, effective_rank, extract_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

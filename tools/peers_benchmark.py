@@ -166,7 +166,7 @@ def model_step_ms(batch: int, rounds: int, peer: bool, steps: int) -> dict:
     ours_optimizer = torch.optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
 
     def ours_step():
-        loss = ours.step_outputs(views)["loss"]
+        loss = ours.compute_loss(views)["loss"]
         ours_optimizer.zero_grad()
         loss.backward()
         ours_optimizer.step()
@@ -196,13 +196,23 @@ def model_step_ms(batch: int, rounds: int, peer: bool, steps: int) -> dict:
 
 
 # --- (4) training, one subprocess per run ---------------------------------------------------------
-def train_run(framework: str, root: str, batch: int, workers: int, skip: int, steps: int) -> dict:
-    """Runs ``_train`` in a subprocess, sampling its process tree's memory; returns its report."""
+PINNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+"""glibc's malloc with a fixed mmap threshold: every block over 64 KiB is its own mapping, returned
+when freed. By default the threshold moves up to the largest block freed so far (up to 32 MiB),
+and freed activations stay in the heap in a layout that differs from run to run: the peak of the
+same run then varies by 100-200 MB, more than the difference measured (``--memory`` runs)."""
+
+
+def train_run(framework: str, root: str, batch: int, workers: int, skip: int, steps: int, pinned: bool = False) -> dict:
+    """Runs ``_train`` in a subprocess (``pinned``: under :data:`PINNED_ALLOCATOR`), sampling its
+    process tree's memory; returns its report with ``peak_mb`` (the largest summed PSS seen) and
+    the run's own :func:`benchmark.memory_report`."""
     from benchmark import process_tree_pss
 
     flag = Path(root) / f"timing-{framework}"
     command = [sys.executable, __file__, "_train", framework, root, str(batch), str(workers), str(skip), str(steps)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    env = {**os.environ, **(PINNED_ALLOCATOR if pinned else {})}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     peak, done = [0], threading.Event()
 
     def sample():  # while the timed steps run (the flag file exists): steady-state training
@@ -218,8 +228,8 @@ def train_run(framework: str, root: str, batch: int, workers: int, skip: int, st
     if process.returncode:
         raise RuntimeError(f"{framework} training run failed:\n{err[-3000:]}")
     report = json.loads(out.strip().splitlines()[-1])
-    last = Path(f"{flag}.pss")  # the run's own sample at the end of its timed steps
-    return {**report, "peak_mb": max(peak[0], int(last.read_text())) / 2**20}
+    memory = json.loads(Path(f"{flag}.json").read_text())  # the run's own, at the end of its timed steps
+    return {**report, **memory, "peak_mb": max(peak[0] / 2**20, memory["tree_pss"])}
 
 
 def _train(framework: str, root: str, batch: int, workers: int, skip: int, steps: int) -> None:
@@ -228,8 +238,8 @@ def _train(framework: str, root: str, batch: int, workers: int, skip: int, steps
     flag = Path(root) / f"timing-{framework}"
     if framework == "ours":
         from benchmark import StepTimer
-        from spectral_ssl.cli import pretrain
-        from spectral_ssl.command import resolve_config
+        from spectral_ssl.commands import pretrain
+        from spectral_ssl.commands.common import resolve_config
 
         cli = pretrain(
             [
@@ -254,7 +264,7 @@ def _train_lightly(root: str, batch: int, workers: int, skip: int, steps: int, f
     from lightly.loss import BarlowTwinsLoss
     from lightly.models.modules import BarlowTwinsProjectionHead
 
-    from benchmark import process_tree_pss
+    from benchmark import memory_report
     from spectral_ssl.data import CIFARDataModule
 
     class BarlowTwinsModel(pl.LightningModule):  # lightly's examples/pytorch_lightning/barlowtwins.py
@@ -277,7 +287,7 @@ def _train_lightly(root: str, batch: int, workers: int, skip: int, steps: int, f
                 flag.touch()
 
         def on_train_end(self, trainer, *_):
-            Path(f"{flag}.pss").write_text(str(process_tree_pss(os.getpid())))
+            Path(f"{flag}.json").write_text(json.dumps(memory_report(trainer)))
             flag.unlink(missing_ok=True)
             self.seconds = (time.perf_counter() - self.start) / (trainer.global_step - skip)
 
@@ -331,6 +341,9 @@ def run_peers(args) -> str:
                 for framework in ("lightly", "ours") if peer else ("ours",):
                     report = train_run(framework, str(root), batch, workers, skip, steps)
                     training.setdefault(f"{framework} {workers}", []).append(report)
+            for framework in ("lightly", "ours") if peer else ("ours",):  # deterministic: one run each
+                pinned = train_run(framework, str(root), batch, workers, 1 if quick else 2, 1, pinned=True)
+                training[f"{framework} {workers} pinned"] = [pinned]
     timed = [  # (row, key, source, format): times, the ratio lightly / ours (> 1: ours faster)
         ("per image, one thread, two views, 32 px (ms)", "32", data, "{:.3f}"),
         ("per image, one thread, two views, 224 px from JPEG (ms)", "224", data, "{:.3f}"),
@@ -343,6 +356,7 @@ def run_peers(args) -> str:
         theirs, ours = source.get(f"lightly {key}"), source[f"ours {key}"]
         ratio = f"{theirs / ours:.2f}" if theirs else "-"
         table.append(f"| {label} | {fmt.format(theirs) if theirs else '-'} | {fmt.format(ours)} | {ratio} | >= 1 |")
+    state = {}
     for workers in (0, 2):
         theirs, ours = training.get(f"lightly {workers}"), training[f"ours {workers}"]
         rate = {
@@ -358,10 +372,27 @@ def run_peers(args) -> str:
             else f"| training, {workers} loader workers (images/s) | - | {rate['o']:.1f} | - | |"
         )
         table.append(
-            f"| peak memory, {workers} workers: main + workers (MB PSS; ratio ours / lightly) | "
-            f"{memory['l']:,.0f} | {memory['o']:,.0f} | {memory['o'] / memory['l']:.2f} | <= 1 + optimizer state |"
+            f"| peak memory, {workers} workers, default allocator: main + workers (MB PSS, sampled; ratio ours / "
+            f"lightly) | {memory['l']:,.0f} | {memory['o']:,.0f} | {memory['o'] / memory['l']:.2f} | |"
             if theirs
-            else f"| peak memory, {workers} workers: main + workers (MB PSS) | - | {memory['o']:,.0f} | - | |"
+            else f"| peak memory, {workers} workers, default allocator: main + workers (MB PSS, sampled) | - | "
+            f"{memory['o']:,.0f} | - | |"
+        )
+        net = {  # exact peak (VmHWM) of the main process + the workers' PSS, less the optimizer's state
+            name: runs[0]["main_peak"] + runs[0]["workers_pss"] - runs[0]["optimizer_state"]
+            for name, runs in (
+                ("l", training.get(f"lightly {workers} pinned")),
+                ("o", training[f"ours {workers} pinned"]),
+            )
+            if runs
+        }
+        state[workers] = training[f"ours {workers} pinned"][0]["optimizer_state"]
+        table.append(
+            f"| peak memory, {workers} workers, allocator pinned: main peak RSS + workers' PSS - optimizer state "
+            f"(MB; ratio ours / lightly) | {net['l']:,.0f} | {net['o']:,.0f} | {net['o'] / net['l']:.3f} | <= 1 |"
+            if "l" in net
+            else f"| peak memory, {workers} workers, allocator pinned: main peak RSS + workers' PSS - optimizer state "
+            f"(MB) | - | {net['o']:,.0f} | - | |"
         )
     lines += [
         f"Barlow Twins, ResNet-18 (CIFAR stem), 2048-2048-2048 projector, batch {batch}, fp32; {images:,} "
@@ -369,6 +400,10 @@ def run_peers(args) -> str:
         f"after {skip} steps for {steps}; torch {torch.__version__}, {os.cpu_count()} CPU cores.",
         "",
         *table,
+        "",
+        f"Optimizer state: ours {state[0]:.1f} MB (LARS momentum), lightly's 0 (SGD without momentum). Allocator "
+        f"pinned: {' '.join(f'{k}={v}' for k, v in PINNED_ALLOCATOR.items())} for both, one run each after "
+        f"{1 if quick else 2} steps (the default allocator's peak varies by 100-200 MB between identical runs).",
         "",
         f"Command: `python tools/benchmark.py {' '.join(sys.argv[1:])}`",
     ]

@@ -18,7 +18,7 @@ private memory (USS), the part that copy-on-read growth shows in.
   held-out images), a width-4 ResNet-18 and in-memory sets of 32 x 32 images of growing size
   (50,000 held-out images, like ImageNet's validation set); seconds of each monitor at one epoch
   end and at fit start (the two baselines), and the peak memory beyond the dataset's own.
-- knn / linear --fast: the search and the streamed classifier of the two commands on 2048-d
+- knn / linear-fast: the search and the streamed classifier of the two commands on 2048-d
   features (ResNet-50's width) of growing banks, held in memory or in a ``FeatureFile``.
 """
 
@@ -284,7 +284,7 @@ def monitor_component(images: int, held_out: int, output: str) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from spectral_ssl.cli import pretrain
+    from spectral_ssl.commands import pretrain
     from spectral_ssl.evaluation import monitor
 
     seconds: dict[str, float] = {}
@@ -557,7 +557,7 @@ def run_scale(args) -> str:
         linear = [measure(linear_component, n) for n in banks]
         times = [r["seconds_per_epoch"] for r in linear]
         row(
-            "linear --fast: one epoch, features in a FeatureFile (CPU)",
+            "linear-fast: one epoch, features in a FeatureFile (CPU)",
             banks,
             times,
             seconds,
@@ -568,7 +568,7 @@ def run_scale(args) -> str:
         )
         peaks = [r["peak_over_start"] for r in linear]
         row(
-            "linear --fast: peak host memory, FeatureFile",
+            "linear-fast: peak host memory, FeatureFile",
             banks,
             peaks,
             mb,

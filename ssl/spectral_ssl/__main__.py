@@ -1,5 +1,5 @@
 """``python -m spectral_ssl <command>`` (what ``torchrun -m spectral_ssl`` runs)."""
 
-from .cli import entry_point
+from .commands import entry_point
 
 entry_point()

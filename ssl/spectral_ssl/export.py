@@ -44,14 +44,13 @@ from .checkpoints import (
     load_weights,
     read_pretraining_checkpoint,
 )
-from .command import command_parser, reports_bad_input
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
 from .models.factory import resolved_norm_act
 from .models.vit import VIT_PRESETS
 
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
 
-__all__ = ["FORMATS", "export_backbone", "load_backbone", "main", "timm_equivalent"]  # load_backbone: read back
+__all__ = ["FORMATS", "export_backbone", "load_backbone", "timm_equivalent"]  # load_backbone: read back
 
 
 def timm_equivalent(backbone: Mapping, model: nn.Module) -> tuple[str, dict]:
@@ -90,34 +89,37 @@ def _write_safetensors(target: Path, *, state, metadata, **_) -> None:
 
 
 def _write_timm(target: Path, *, state, metadata, model, example, **_) -> str | None:
-    """timm's pretrained folder: ``config.json`` (architecture, model_args, pretrained_cfg) and
-    ``model.safetensors``; ``num_classes=0`` (a feature extractor: ``fc`` is ``nn.Identity``)."""
+    """timm's pretrained folder, written by timm's own ``save_for_hf`` from timm's model of the
+    architecture with these weights loaded (strict: the same names and shapes): ``config.json``
+    (architecture, model_args, pretrained_cfg with the training data's preprocessing; our
+    metadata under ``spectral_ssl``) and ``model.safetensors``; ``num_classes=0`` (a feature
+    extractor: ``fc`` / ``head`` is ``nn.Identity``)."""
     try:
         architecture, model_args = timm_equivalent(metadata["backbone"], model)
     except ValueError as error:
         return f"{error}; load it with spectral_ssl.checkpoints.load_backbone('backbone.safetensors')"
-    target.mkdir(exist_ok=True)
     import timm
+    from timm.models import save_for_hf
 
-    own = timm.create_model(architecture, pretrained=False, **model_args).pretrained_cfg  # its layer names
-    config = {
-        "architecture": architecture,
-        "num_classes": 0,
-        "num_features": model.num_features,
-        "model_args": model_args,
-        "pretrained_cfg": {
-            "input_size": list(example.shape[1:]),
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "interpolation": "bilinear",
-            "crop_pct": 0.875,
-            "first_conv": own["first_conv"],
-            "classifier": own["classifier"],
-            "num_classes": 0,
-        },
+    twin = timm.create_model(architecture, pretrained=False, **{"num_classes": 0, **model_args})
+    twin.load_state_dict(state)
+    preprocessing = {
+        "input_size": tuple(example.shape[1:]),
+        "mean": tuple(IMAGENET_MEAN),
+        "std": tuple(IMAGENET_STD),
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
     }
-    _write_text(target / "config.json", json.dumps(config, indent=2) + "\n")
-    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
+    save_for_hf(
+        twin,
+        str(target),
+        model_args=model_args,
+        safe_serialization=True,
+        data_config=preprocessing,
+        model_config={"spectral_ssl": metadata},
+    )
+    for path in (target, *target.iterdir()):
+        _readable_by_all(path)
     return None
 
 
@@ -325,29 +327,3 @@ def _readable_by_all(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-@reports_bad_input
-def main(args: list[str]) -> dict[str, Path]:
-    """``spectral-ssl export CKPT [--out DIR] [--formats [...]] [--image_size N]``."""
-    parser = command_parser(
-        "spectral-ssl export",
-        "Write a pretraining checkpoint's backbone as a torchvision "
-        "state_dict, safetensors, a timm / Hugging Face folder, torch.export, TorchScript and ONNX, "
-        "with a README.md saying what loads each (see spectral_ssl.export).",
-    )
-    parser.add_argument(
-        "checkpoint", type=str, help="a pretraining checkpoint, e.g. checkpoints/quickstart/checkpoints/last.ckpt"
-    )
-    parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <run folder>/export)")
-    parser.add_argument("--formats", type=str, nargs="+", default=list(FORMATS), help=f"any of {', '.join(FORMATS)}")
-    parser.add_argument(
-        "--image_size",
-        type=int | None,
-        default=None,
-        help="the image side the formats fixed to one size (ONNX) take, and the example traced and checked "
-        "(default: the size the checkpoint was trained at)",
-    )
-    config = parser.parse_args(args)
-    out = config.out or Path(config.checkpoint).resolve().parent.parent / "export"
-    return export_backbone(config.checkpoint, out, config.formats, config.image_size)

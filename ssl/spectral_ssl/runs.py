@@ -1,5 +1,5 @@
-"""A run folder as one run: where it is, which checkpoint continues it, and checkpoints that a
-kill or a full disk cannot damage.
+"""A run folder as one run: every path in it (:class:`RunFolder`), which checkpoint continues
+it, and checkpoints that a kill or a full disk cannot damage.
 
 - The folder is ``<output_dir>/<run_name>`` resolved to an absolute path, so the same run given
   relative or absolute, or moved, is the same run; ``last.ckpt`` (a relative link to the newest
@@ -19,9 +19,11 @@ kill or a full disk cannot damage.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,86 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpoints import unreadable_reason
 from .models.factory import BackboneConfig, resolved_norm_act
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Every path of a run, in one place: a command builds it from ``--output_dir`` and
+    ``--run_name`` (:meth:`named`) or finds the run of a checkpoint (:meth:`of_checkpoint`), and
+    hands it to what writes there; nothing reads paths back out of Lightning's objects.
+
+    ``path/``: ``config.yaml`` (the run's settings), ``checkpoints/`` (``*.ckpt``, ``last.ckpt``),
+    ``hpc_ckpt_N.ckpt`` (Lightning's SLURM requeue checkpoints), TensorBoard's event files,
+    ``index/`` (an ImageFolder's file index), ``spectrum/`` (per epoch), ``export/`` and
+    ``features/`` (training features over an evaluation's memory budget); a linear evaluation's
+    classifier runs are ``<key>/`` folders inside (:meth:`evaluation`)."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, output_dir: str | Path, run_name: str) -> RunFolder:
+        return cls(Path(output_dir).expanduser().resolve() / run_name)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
+        """The run a checkpoint or an exported backbone belongs to: the folder holding its
+        ``checkpoints/`` or ``export/`` folder, else the checkpoint's own folder (an
+        ``hpc_ckpt_N.ckpt``, or a file copied elsewhere)."""
+        folder = Path(checkpoint).expanduser().resolve().parent
+        return cls(folder.parent if folder.name in ("checkpoints", "export") else folder)
+
+    def evaluation(self, checkpoint: str | Path) -> RunFolder:
+        """The classifier run of a linear evaluation of ``checkpoint`` inside this run:
+        ``<file stem>-<first 12 hex digits of its SHA-256>``, so that evaluating another
+        checkpoint, or the same path rewritten, never resumes a classifier of another backbone."""
+        with open(checkpoint, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return RunFolder(self.path / f"{Path(checkpoint).stem}-{digest[:12]}")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def index(self) -> Path:
+        return self.path / "index"
+
+    @property
+    def spectrum(self) -> Path:
+        return self.path / "spectrum"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    @property
+    def features(self) -> Path:
+        return self.path / "features"
+
+    def checkpoint_files(self, kind: str | None = None) -> list[Path]:
+        """``kind="last"``: ``checkpoints/*.ckpt``; ``"hpc"``: Lightning's SLURM requeue
+        checkpoints (``hpc_ckpt_N.ckpt``, written in the run folder on SIGUSR1); None: both."""
+        return [
+            *(self.checkpoints.glob("*.ckpt") if kind != "hpc" else []),
+            *(self.path.glob("hpc_ckpt_*.ckpt") if kind != "last" else []),
+        ]
+
+    def holds_a_run(self) -> bool:
+        return any(self.checkpoints.glob("*.ckpt"))
+
+    def move_aside(self) -> Path:
+        """Renames the folder to ``<name>.replaced-<time>`` beside it and returns the new path."""
+        target = self.path.with_name(f"{self.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.path.rename(target)
+        return target
 
 
 class CheckpointWriteError(OSError):
@@ -78,16 +160,6 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
-def run_checkpoints(run_dir: Path, folder: Path, kind: str | None = None) -> list[Path]:
-    """The checkpoints of a run: ``kind="last"``, those of the checkpoint callback's ``folder``;
-    ``"hpc"``, Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``, written in the run
-    folder on SIGUSR1); None, both."""
-    return [
-        *(folder.glob("*.ckpt") if kind != "hpc" else []),
-        *(run_dir.glob("hpc_ckpt_*.ckpt") if kind != "last" else []),
-    ]
-
-
 def newest_intact_checkpoint(paths: list[Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest of ``paths`` that loads, and the newer ones that did not (with the reason).
     ``last.ckpt`` comes first among files of the same time (it links to or copies the newest)."""
@@ -114,7 +186,7 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     return removed
 
 
-NOT_THE_RUN = ("config", "run_name", "output_dir", "resume", "overwrite", "ckpt_path")
+NOT_THE_RUN = ("config", "run_name", "output_dir", "resume", "overwrite", "ckpt_path", "evaluate")
 """Where the run is and how this command starts it: never compared."""
 
 MAY_CHANGE_ON_RESUME = (
@@ -186,19 +258,8 @@ def _renamed(flat: dict[str, Any]) -> dict[str, Any]:
     return {new_name(key): value for key, value in flat.items()}
 
 
-def holds_a_run(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*.ckpt"))
-
-
-def move_aside(run_dir: Path) -> Path:
-    """Renames the run folder to ``<name>.replaced-<time>`` beside it and returns the new path."""
-    target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.rename(target)
-    return target
-
-
-def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Path | None:
-    """``--ckpt_path``: a PATH, ``last`` (the newest intact checkpoint in ``folder``), ``hpc``
+def choose_checkpoint(ckpt_path: str | None, run: RunFolder) -> Path | None:
+    """``--ckpt_path``: a PATH, ``last`` (the newest intact checkpoint in ``checkpoints/``), ``hpc``
     (Lightning's SLURM requeue checkpoints), or None: the newest intact of both (a requeued job
     continues from its mid-epoch ``hpc_ckpt_N.ckpt`` when that is newer than ``last.ckpt``)."""
     if ckpt_path not in (None, "last", "hpc"):
@@ -207,11 +268,13 @@ def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Pat
         if checkpoint is None:
             raise FileNotFoundError(f"--ckpt_path={ckpt_path}: {damaged[0][1]}")
         return checkpoint
-    checkpoint, damaged = newest_intact_checkpoint(run_checkpoints(run_dir, folder, kind=ckpt_path))
+    checkpoint, damaged = newest_intact_checkpoint(run.checkpoint_files(kind=ckpt_path))
     for path, reason in damaged:
         print(f"warning: checkpoint {path} is damaged ({reason}); passing over it", file=sys.stderr)
     if checkpoint is None and (damaged or ckpt_path is not None):
-        where = {"last": f"in {folder}", "hpc": f"named hpc_ckpt_N.ckpt in {run_dir}"}.get(ckpt_path, f"in {run_dir}")
+        where = {"last": f"in {run.checkpoints}", "hpc": f"named hpc_ckpt_N.ckpt in {run.path}"}.get(
+            ckpt_path, f"in {run.path}"
+        )
         raise FileNotFoundError(
             f"no intact checkpoint {where} to resume; --resume=false --overwrite=true starts over "
             "(moving the run aside)"
@@ -221,13 +284,10 @@ def choose_checkpoint(ckpt_path: str | None, run_dir: Path, folder: Path) -> Pat
 
 def resumable_changes(checkpoint: Path, current: dict) -> list[str]:
     """Refuses to resume ``checkpoint`` with a config (``current``) other than the one its run was
-    trained with (the ``config.yaml`` beside its folder; the CLI writes it again only after this
-    check), but for :data:`MAY_CHANGE_ON_RESUME`, whose changes it returns."""
-    saved = next(
-        (d / "config.yaml" for d in (checkpoint.parent, checkpoint.parent.parent) if (d / "config.yaml").is_file()),
-        None,
-    )
-    if saved is None:
+    trained with (its run's ``config.yaml``; the command writes it again only after this check),
+    but for :data:`MAY_CHANGE_ON_RESUME`, whose changes it returns."""
+    saved = RunFolder.of_checkpoint(checkpoint).config
+    if not saved.is_file():
         return []
     allowed, refused = config_changes(yaml.safe_load(saved.read_text()), current)
     if refused:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.data import ImageFolderDataModule
 from spectral_ssl.data.synthetic import write_image_folder
 

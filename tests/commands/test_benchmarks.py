@@ -22,7 +22,7 @@ def test_peers_benchmark_quick(root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 9  # 5 timed rows, training and memory at 0 and 2 workers
+    assert len(rows) == 11  # 5 timed rows; training, sampled and pinned memory at 0 and 2 workers
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[2].replace(",", "")) > 0  # ours, always measured

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spectral_ssl.cli import main, pretrain
+from spectral_ssl.commands import main, pretrain
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from spectral_ssl.checkpoints import backbone_state, load_backbone, load_weights, read_pretraining_checkpoint
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.export import export_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,8 @@ def test_timm_folder_for_what_timm_has_and_a_statement_for_the_rest(tmp_path, ov
         assert "load_backbone('backbone.safetensors')" in readme.split("Not written:")[1]
         return
     config = json.loads((files["timm"] / "config.json").read_text())
-    assert config["architecture"] == architecture and config["model_args"] == {"act_layer": "gelu"}
+    assert config["architecture"] == architecture and config["model_args"]["act_layer"] == "gelu"
+    assert config["model_args"]["num_classes"] == 0 and config["spectral_ssl"]["backbone"]["act"] == "gelu"
     model = timm.create_model(f"local-dir:{files['timm']}", pretrained=True).eval()
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():

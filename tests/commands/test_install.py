@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from spectral_ssl.command import SHIPPED_CONFIGS, resolve_config, resolve_config_arguments
+from spectral_ssl.commands.common import SHIPPED_CONFIGS, command_parser, resolve_config
 
 pytestmark = pytest.mark.slow  # real subprocesses: pytest -m 'not slow' skips them
 
@@ -25,7 +25,7 @@ def test_every_source_folder_is_a_listed_package():
     assert listed == folders | {"spectral_ssl.configs"}
 
 
-def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
+def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
     assert SHIPPED_CONFIGS == ROOT / "configs"  # the source checkout's, in an editable install
     for name in ("cifar10/intl", "cifar10/intl.yaml", "configs/cifar10/intl.yaml"):
@@ -33,13 +33,18 @@ def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
     assert resolve_config("mine.yaml") == "mine.yaml"  # a file that exists wins
     assert resolve_config("{seed_everything: 1}") == "{seed_everything: 1}"  # inline YAML passes through
-    assert resolve_config_arguments(["ckpt", "--config=linear/digits", "-c", "quickstart", "--k=5"]) == [
-        "ckpt",
-        f"--config={ROOT / 'configs' / 'linear' / 'digits.yaml'}",
-        "-c",
-        str(ROOT / "configs" / "quickstart.yaml"),
-        "--k=5",
-    ]
+    parser = command_parser("test", "a name in every --config form, through the parser's own action")
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_argument("--k", type=int, default=0)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "quickstart.yaml").write_text("k: 5\n")  # a local file of that path wins
+    for args in (["--config=linear/digits"], ["-c", "linear/digits"], ["--config", "configs/linear/digits.yaml"]):
+        with pytest.raises(SystemExit):  # the shipped linear/digits.yaml was read: this parser lacks its keys
+            parser.parse_args(args)
+        error = capsys.readouterr().err
+        assert "data.init_args.batch_size" in error and "no such file" not in error, error
+    config = parser.parse_args(["--config=configs/quickstart.yaml", "-c", "mine.yaml"])  # repeated: in order
+    assert (config.k, config.seed_everything) == (5, 1)
     with pytest.raises(FileNotFoundError, match=r"--config cifar10/intll: no such file.*shipped: .*cifar10/intl,"):
         resolve_config("cifar10/intll")
 

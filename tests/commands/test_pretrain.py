@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faults import ENV, at_batch
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.methods import INTL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
     command = [
         sys.executable,
         "-c",
-        "from spectral_ssl.cli import main; main()",
+        "from spectral_ssl.commands import main; main()",
         "pretrain",
         *tiny,
         "--trainer.max_epochs=3",
@@ -78,6 +78,17 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
     assert state.keys() == expected.keys()
     for key in expected:
         assert torch.equal(state[key], expected[key]), key
+
+
+def test_top_level_help_lists_every_command_and_an_unknown_one_is_an_error(capsys):
+    from spectral_ssl.commands import COMMANDS
+
+    main(["--help"])
+    printed = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"\n  {name} " in printed, name
+    with pytest.raises(SystemExit, match=r"^error: unknown command 'pretrian'; choose one of pretrain, "):
+        main(["pretrian"])
 
 
 def test_help_print_config_and_wrong_key(tmp_path, capsys):

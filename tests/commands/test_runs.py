@@ -14,7 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faults import ENV, at_batch
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.runs import AtomicCheckpointIO, newest_intact_checkpoint
 
 MARKER = None  # the file a malicious pickle would create
@@ -326,7 +326,7 @@ def test_a_read_only_checkpoint_folder_stops_the_run_with_its_reason(tmp_path, r
 def run_pretrain(args, fault, env=ENV):
     """``spectral-ssl pretrain ARGS`` in a real process, with ``fault`` (a ``--trainer.callbacks``
     argument of :func:`faults.at_batch`) injected from inside the run."""
-    command = [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args, fault]
+    command = [sys.executable, "-c", "from spectral_ssl.commands import main; main()", "pretrain", *args, fault]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -400,7 +400,7 @@ def test_a_slurm_requeue_resumes_exactly_from_lightnings_mid_epoch_checkpoint(tm
         STEPS_PER_EPOCH + 4,
     ]
     resumed = subprocess.run(
-        [sys.executable, "-c", "from spectral_ssl.cli import main; main()", "pretrain", *args],
+        [sys.executable, "-c", "from spectral_ssl.commands import main; main()", "pretrain", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ def graph_args(tiny):
 
 
 def pretrain(args):
-    from spectral_ssl.cli import pretrain  # here: the CUDA test at the end runs where jsonargparse may be missing
+    from spectral_ssl.commands import pretrain  # here: the CUDA test at the end runs where jsonargparse may be missing
 
     return pretrain(args)
 
@@ -172,7 +172,7 @@ def test_captured_step_replays_the_eager_step_on_cuda(bf16):
     def make_step(model, optimizer):
         def step(views):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-                parts = model.criterion(model.embed(views))
+                parts = model.criterion(model.embed(views)[0])
             parts["loss"].backward()
             optimizer.step()
             return parts

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from spectral_ssl.checkpoints import load_encoder
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.data import DigitsDataModule
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 from spectral_ssl.evaluation import KNNMonitor, extract_features, knn_accuracy
@@ -87,7 +87,7 @@ def test_spectrum_command_writes_png_and_csv_with_the_exact_eigenvalues(checkpoi
 
 
 def test_linear_fast_and_protocol(checkpoint, tmp_path, capsys):
-    top1 = main(["linear", str(checkpoint), "--fast", "--epochs=30"])
+    top1 = main(["linear-fast", str(checkpoint), "--epochs=30"])
     assert 0.7 < top1 <= 1.0
     cli = main(
         [
@@ -111,35 +111,55 @@ def test_linear_fast_and_protocol(checkpoint, tmp_path, capsys):
     assert run.name.startswith("last-") and (run / "checkpoints" / "last.ckpt").exists()
 
 
-def test_linear_runs_are_keyed_by_the_evaluated_checkpoint(checkpoint, tmp_path, capsys):
-    """Evaluating checkpoint B after A never resumes A's classifier: each gets its own folder."""
+def test_linear_runs_are_keyed_by_the_evaluated_checkpoint_in_every_form(checkpoint, tmp_path, capsys):
+    """The classifier run is keyed by the parsed checkpoint, whichever form gave it: after the
+    positional form, ``--model.checkpoint=P``, ``--model.checkpoint P`` and a config file naming P
+    resume that run; the file rewritten at the same path (or another checkpoint) gets a new run,
+    never the classifier of the old backbone."""
     import shutil
 
-    other = tmp_path / "other.ckpt"
-    state = torch.load(checkpoint, weights_only=True)
+    evaluated = tmp_path / "first.ckpt"
+    shutil.copy(checkpoint, evaluated)
+    (tmp_path / "mine.yaml").write_text(f"model:\n  checkpoint: {evaluated}\n")
+    args = ["--trainer.max_steps=1", "--data.batch_size=64", "--output_dir", str(tmp_path / "runs")]
+    args += ["--run_name", "linear", *FAST_RUN]
+    runs = tmp_path / "runs" / "linear"
+    main(["linear", str(evaluated), *args])
+    (run,) = runs.iterdir()
+    for form in (
+        [f"--model.checkpoint={evaluated}"],
+        ["--model.checkpoint", str(evaluated)],
+        ["--config", str(tmp_path / "mine.yaml")],
+    ):
+        capsys.readouterr()
+        main(["linear", *form, *args])
+        assert f"Resuming from {run / 'checkpoints'}" in capsys.readouterr().err, form
+        assert list(runs.iterdir()) == [run], form
+    state = torch.load(evaluated, weights_only=True)  # a retrained backbone written over the same path
     state["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
-    torch.save(state, other)
-    shutil.copy(checkpoint, tmp_path / "first.ckpt")
-    args = [
-        "--trainer.max_epochs=1",
-        "--data.batch_size=64",
-        "--output_dir",
-        str(tmp_path / "runs"),
-        "--run_name",
-        "linear",
-        *FAST_RUN,
-    ]
-    main(["linear", str(tmp_path / "first.ckpt"), *args])
+    torch.save(state, evaluated)
     capsys.readouterr()
-    main(["linear", str(other), *args])
+    main(["linear", "--config", str(tmp_path / "mine.yaml"), *args])
     assert "Resuming" not in capsys.readouterr().err
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "linear").iterdir()) == ["first", "other"]
+    assert len(list(runs.iterdir())) == 2 and all(p.name.startswith("first-") for p in runs.iterdir())
+
+
+def test_linear_takes_one_checkpoint(checkpoint, tmp_path):
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(Path(checkpoint).read_bytes())
+    for args, message in (
+        ([str(checkpoint), f"--model.checkpoint={other}"], "two checkpoints to evaluate"),
+        ([], "no checkpoint to evaluate: spectral-ssl linear CKPT"),
+        ([str(tmp_path / "missing.ckpt")], "no checkpoint .*missing.ckpt to evaluate"),
+    ):
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            main(["linear", *args, "--output_dir", str(tmp_path)])
 
 
 def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):
     from lightning import Trainer
 
-    from spectral_ssl.cli import LinearEvaluationData
+    from spectral_ssl.commands.train import LinearEvaluationData
     from spectral_ssl.evaluation import LinearClassifier, spectrum_summary
 
     backbone, _ = load_encoder(checkpoint)
@@ -179,9 +199,8 @@ def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
     write_image_folder(tmp_path / "folder")
     top1 = main(
         [
-            "linear",
+            "linear-fast",
             str(checkpoint),
-            "--fast",
             "--epochs=5",
             "--data=spectral_ssl.data.ImageFolderDataModule",
             f"--data.root={tmp_path / 'folder'}",
@@ -304,7 +323,7 @@ def test_counts_are_of_the_images_used_not_of_the_files_listed(checkpoint, tmp_p
 
 @pytest.mark.slow
 def test_a_vit_run_resumes_and_every_evaluation_command_reads_its_checkpoint(tmp_path, capsys):
-    """A one-block ViT: one epoch, then the same command for two resumes it; knn, linear --fast,
+    """A one-block ViT: one epoch, then the same command for two resumes it; knn, linear-fast,
     spectrum and the linear protocol (a step) read its checkpoint, rebuilt for the 16 px digits."""
     args = ["pretrain", "--config=quickstart", "--model.backbone.name=vit_tiny", "--model.backbone.depth=1",
             "--model.backbone.embed_dim=24", "--model.backbone.num_heads=2", "--model.projector_dims=[64,64]",
@@ -318,7 +337,7 @@ def test_a_vit_run_resumes_and_every_evaluation_command_reads_its_checkpoint(tmp
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     main(["knn", str(checkpoint), "--k=[5]"])
     assert "features: 1437 train x 24" in capsys.readouterr().out
-    assert 0.0 <= main(["linear", str(checkpoint), "--fast", "--epochs=2"]) <= 1.0
+    assert 0.0 <= main(["linear-fast", str(checkpoint), "--epochs=2"]) <= 1.0
     summaries = main(["spectrum", str(checkpoint), f"--out={tmp_path / 'spectrum'}"])
     assert summaries["backbone"]["dim"] == 24
     linear = ["linear", str(checkpoint), "--config", str(ROOT / "configs" / "linear" / "digits.yaml")]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import spectral_ssl.evaluation.monitor as monitor
-from spectral_ssl.cli import pretrain
+from spectral_ssl.commands import pretrain
 from spectral_ssl.data.synthetic import write_cifar_folder
 from spectral_ssl.evaluation import KNNMonitor, SpectrumMonitor
 

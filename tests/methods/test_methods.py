@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from spectral_ssl.cli import pretrain
+from spectral_ssl.commands import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from spectral_ssl.cli import main
+from spectral_ssl.commands import main
 from spectral_ssl.methods.momentum import MomentumTarget, cosine_momentum
 
 TRAIN_IMAGES = 1437  # the digits' training split

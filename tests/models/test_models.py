@@ -70,7 +70,7 @@ def test_the_feature_width_is_measured_from_what_forward_returns(name):
 
 
 def test_a_timm_model_whose_num_features_is_not_its_width_pretrains_and_sizes_every_head(tmp_path):
-    from spectral_ssl.cli import main
+    from spectral_ssl.commands import main
     from spectral_ssl.evaluation import LinearClassifier
 
     cli = main(

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from spectral_ssl.cli import pretrain, supervised
+from spectral_ssl.commands import pretrain, supervised
 from spectral_ssl.methods import INTL
 from spectral_ssl.models import Projector, create_backbone
 from spectral_ssl.models.norms import is_norm

@@ -177,7 +177,10 @@ class BatchAugmentation(nn.Module):
             x = crop_resize_flip(images.float().div(255), boxes, flips, r.size)
         else:
             device, n = images[0].device, len(images)
-            sizes = torch.tensor([image.shape[1:] for image in images]).to(device, non_blocking=True)
+            sizes = torch.tensor([image.shape[1:] for image in images])
+            if device.type == "cuda":  # a copy from pageable memory would wait for the device's queue
+                sizes = sizes.pin_memory()
+            sizes = sizes.to(device, non_blocking=True)
             boxes = sample_crops(n, sizes[:, 0], sizes[:, 1], r.scale, generator, device)
             flips = self._mask(r.flip_p, n, generator, device)
             x = torch.cat(

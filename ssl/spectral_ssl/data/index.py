@@ -12,7 +12,6 @@ while the class folders are unchanged (their modification times are part of the 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -84,28 +84,24 @@ class ImageIndex:
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"index-{folder.name}-{key[:16]}.npz"
-        with open(cache_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if path.exists():
-                    with np.load(path, allow_pickle=False) as stored:
-                        return cls(folder, stored["names"], stored["ends"], stored["labels"], class_names)
-                start = time.perf_counter()
-                index = cls.scan(folder, class_names)
-                partial = path.with_suffix(".partial.npz")
-                np.savez(partial, names=index.names, ends=index.ends, labels=index.labels)
-                os.replace(partial, path)
-                log.info(
-                    "indexed %d images of %s in %.1f s (%.1f MB); cached in %s",
-                    len(index),
-                    folder,
-                    time.perf_counter() - start,
-                    index.nbytes / 2**20,
-                    path,
-                )
-                return index
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(cache_dir / ".lock"):
+            if path.exists():
+                with np.load(path, allow_pickle=False) as stored:
+                    return cls(folder, stored["names"], stored["ends"], stored["labels"], class_names)
+            start = time.perf_counter()
+            index = cls.scan(folder, class_names)
+            partial = path.with_suffix(".partial.npz")
+            np.savez(partial, names=index.names, ends=index.ends, labels=index.labels)
+            os.replace(partial, path)
+            log.info(
+                "indexed %d images of %s in %.1f s (%.1f MB); cached in %s",
+                len(index),
+                folder,
+                time.perf_counter() - start,
+                index.nbytes / 2**20,
+                path,
+            )
+            return index
 
 
 def _mtimes(folder: Path, class_names: Sequence[str]) -> list[int]:

@@ -3,8 +3,8 @@ channels-last layout and ``torch.compile`` as callbacks, the whole step as one C
 Lightning strategy, all built from the commands' ``speed:`` section (:class:`SpeedOptions`).
 Switching any of them on changes no method and no result beyond floating-point rounding."""
 
-from .graphed import CUDAGraphStrategy, GraphedStep, autocast_without_cache
-from .speed import ChannelsLast, Compile, SpeedOptions, compile_in_place
+from .graphed import CUDAGraphStrategy, GraphedStep, ViewsStep, autocast_without_cache
+from .speed import ChannelsLast, Compile, SpeedOptions, compiler_works
 
 __all__ = [
     "CUDAGraphStrategy",
@@ -12,6 +12,7 @@ __all__ = [
     "Compile",
     "GraphedStep",
     "SpeedOptions",
+    "ViewsStep",
     "autocast_without_cache",
-    "compile_in_place",
+    "compiler_works",
 ]

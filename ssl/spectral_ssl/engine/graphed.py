@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -23,7 +23,24 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from ..methods.base import SSLMethod
+
+@runtime_checkable
+class ViewsStep(Protocol):
+    """What :class:`CUDAGraphStrategy` needs of the module (:class:`~spectral_ssl.methods.SSLMethod`
+    has it): a training step that is exactly views -> ``compute_loss`` -> check -> log
+    (``views_step``), the forward returning what it made (``{"loss", **parts, "features"}``),
+    ``log_outputs``, ``nonfinite_error`` and ``host_sync`` (why the loss waits for the host; None
+    when it never does, the loss modules' own declaration)."""
+
+    views_step: bool
+    host_sync: str | None
+
+    def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]: ...
+
+    def log_outputs(self, outputs: dict[str, Tensor], prog_bar: bool = True) -> None: ...
+
+    def nonfinite_error(self, what: str) -> Exception: ...
+
 
 LR_DTYPE = torch.float32
 """The learning rate of a graphed step, a device tensor: what fused CUDA optimizers read."""
@@ -114,11 +131,11 @@ class GraphedStep:
 
 class CUDAGraphStrategy(SingleDeviceStrategy):
     """Lightning's single-device strategy, with each training step of a
-    :class:`~spectral_ssl.methods.SSLMethod` run as one :class:`GraphedStep`: the module's
-    ``step_outputs(views)`` under the trainer's precision, backward and the optimizer step,
-    captured once and replayed. The module is unchanged; ``speed.cuda_graph=true`` chooses this
-    strategy. Training is the same as Lightning's own path up to the float32 rounding of the
-    learning rate (bitwise with a float64 one: see the tests).
+    :class:`ViewsStep` module (an :class:`~spectral_ssl.methods.SSLMethod`) run as one
+    :class:`GraphedStep`: the module's ``compute_loss(views)`` under the trainer's precision,
+    backward and the optimizer step, captured once and replayed. The module is unchanged;
+    ``speed.cuda_graph=true`` chooses this strategy. Training is the same as Lightning's own path
+    up to the float32 rounding of the learning rate (bitwise with a float64 one: see the tests).
 
     What it needs: SGD or Adam (the learning rate becomes a device tensor the scheduler fills in
     place; Adam is made ``capturable``), no gradient accumulation or clipping, no fp16 loss
@@ -145,8 +162,8 @@ class CUDAGraphStrategy(SingleDeviceStrategy):
 
     def _refuse_what_cannot_be_captured(self, trainer: L.Trainer) -> None:
         module, problems = self.lightning_module, []
-        if not isinstance(module, SSLMethod) or type(module).training_step is not SSLMethod.training_step:
-            problems.append(f"{type(module).__name__} (the graph runs SSLMethod's step, views -> loss)")
+        if not isinstance(module, ViewsStep) or not module.views_step:
+            problems.append(f"{type(module).__name__} (the graph runs a views -> loss step, ViewsStep)")
         if trainer.accumulate_grad_batches != 1:
             problems.append("trainer.accumulate_grad_batches > 1")
         if trainer.gradient_clip_val:
@@ -158,8 +175,8 @@ class CUDAGraphStrategy(SingleDeviceStrategy):
                 problems.append(
                     f"optimizer {type(optimizer).__name__} (SGD and Adam take the learning rate as a device tensor)"
                 )
-        if (reason := getattr(getattr(module, "criterion", None), "host_sync", None)) is not None:
-            problems.append(reason)
+        if isinstance(module, ViewsStep) and module.host_sync is not None:
+            problems.append(module.host_sync)
         if problems:
             raise ValueError(
                 "speed.cuda_graph=true cannot be used with " + "; ".join(problems) + ". Set speed.cuda_graph=false."
@@ -184,7 +201,7 @@ class CUDAGraphStrategy(SingleDeviceStrategy):
     def _whole_step(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
         """Forward and loss under the trainer's precision, backward, optimizer step: what is captured."""
         with self.precision_plugin.train_step_context(), autocast_without_cache(self.root_device.type):
-            outputs = self.lightning_module.step_outputs(views)
+            outputs = self.lightning_module.compute_loss(views)
         outputs["loss"].backward()
         for optimizer in self.optimizers:
             optimizer.step()

@@ -106,36 +106,41 @@ class ChannelsLast(_OncePerSubmodule):
 
 
 class Compile(_OncePerSubmodule):
-    """At setup, ``torch.compile`` of the module's ``submodules`` in place (:func:`compile_in_place`)."""
+    """At setup, ``module.compile()`` of the module's ``submodules`` in place (their calls go
+    through ``torch.compile``; parameters and state_dict stay the same objects), when
+    :func:`compiler_works` here; else they stay eager, with one warning."""
 
     def __init__(
         self, submodules: Sequence[str] = ("backbone", "projector"), backend="inductor", mode: str | None = None
     ) -> None:
         super().__init__(submodules)
         self.backend, self.mode = backend, mode
+        self.available: bool | None = None  # probed at the first submodule
 
     def apply(self, module: nn.Module) -> None:
-        compile_in_place(module, backend=self.backend, mode=self.mode)
+        options = {"backend": self.backend, "mode": self.mode}
+        if self.available is None:
+            self.available = compiler_works(next(module.parameters(), torch.empty(0)).device, **options)
+        if self.available:
+            module.compile(**options)
 
 
-def compile_in_place(module: nn.Module, **options) -> None:
-    """``module.compile(**options)`` (its calls go through ``torch.compile``; its parameters and
-    state_dict stay the same objects), falling back to eager calls for good, with one warning, when
-    compilation fails at the first call (no C++ compiler, an op the compiler lacks)."""
-    module.compile(**options)
-    compiled = module._compiled_call_impl  # what nn.Module.__call__ runs once compiled
+def compiler_works(device: torch.device, **options) -> bool:
+    """Whether ``torch.compile(**options)`` works here: a two-op function is compiled and run on
+    ``device``. When that fails (no C++ compiler, no Triton, a backend's error), one warning says
+    so and returns False."""
+    try:
+        torch.compile(_probe, **options)(torch.ones(2, device=device))
+    except Exception as error:  # the backend's own error, whatever its type
+        cause = getattr(error, "inner_exception", None) or error
+        lines = str(cause).strip().splitlines()
+        rank_zero_warn(
+            f"torch.compile is unavailable here ({type(cause).__name__}: {lines[0] if lines else ''}); "
+            "continuing without compilation (set speed.compile=false to skip the attempt)"
+        )
+        return False
+    return True
 
-    def call(*args, **kwargs):
-        try:
-            return compiled(*args, **kwargs)
-        except torch._dynamo.exc.TorchDynamoException as error:  # compile errors, inductor's included
-            module._compiled_call_impl = None
-            cause = getattr(error, "inner_exception", None) or error  # a backend's own error, when it raised one
-            lines = str(cause).strip().splitlines()
-            rank_zero_warn(
-                f"torch.compile is unavailable here ({type(cause).__name__}: {lines[0] if lines else ''}); "
-                "continuing without compilation (set speed.compile=false to skip the attempt)"
-            )
-            return module(*args, **kwargs)
 
-    module._compiled_call_impl = call
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * 2

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
-from ..distributed import gather_rows, shard_range, world_size
+from ..distributed import gather_rows, rank, shard_range, world_size
 
 
 @contextmanager
@@ -88,12 +89,15 @@ def extract_shard(
     precision: torch.dtype | None = None,
     out_device: torch.device | str = "cpu",
     store: FeatureFile | Callable[[int], FeatureFile] | None = None,
+    progress: str | None = None,
 ) -> tuple[Tensor | FeatureFile, Tensor, int]:
     """This rank's share of :func:`extract_features`, not gathered: ``(features, labels, start)``
     with ``start`` the share's first position in the loader's dataset (0 when not distributed).
     Features are float32 rows on ``out_device``, written into one preallocated tensor (no second
     copy at the end), or appended to a :class:`FeatureFile` when ``store`` is one or makes one
-    from the feature width. Unreadable images are left out (the rows close up)."""
+    from the feature width. Unreadable images are left out (the rows close up). ``progress``: a
+    progress bar of the batches with that label on the first process (the commands' long
+    extractions: an hour at ImageNet size on one GPU); None inside training, whose bar is Lightning's."""
     distributed = world_size() > 1 and isinstance(loader, DataLoader)
     batches, start = _shard(loader) if distributed else (loader, 0)
     total = len(batches.dataset) if isinstance(batches, DataLoader) else None  # type: ignore[arg-type]
@@ -102,7 +106,7 @@ def extract_shard(
     context = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
     features, labels, parts, filled = None, [], [], 0
     with context, autocast:
-        for batch in batches:
+        for batch in tqdm(batches, desc=progress, unit="batch", disable=progress is None or rank() != 0):
             images, target = batch[0], batch[1]
             if images is None:  # a batch of unreadable images only
                 continue
@@ -131,15 +135,19 @@ def extract_shard(
 
 @torch.no_grad()
 def extract_features(
-    model: Callable[[Tensor], Tensor], loader, device: torch.device | str = "cpu", precision: torch.dtype | None = None
+    model: Callable[[Tensor], Tensor],
+    loader,
+    device: torch.device | str = "cpu",
+    precision: torch.dtype | None = None,
+    progress: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Runs ``model`` in eval mode over ``(images, labels)`` batches; returns (features, labels) on
     CPU in float32, in the loader's order. Under DDP (a process group is initialized) and given a
     DataLoader, each rank extracts a contiguous share and the shares are all-gathered, so every
     rank returns the whole set: use it for bounded sets (held-out images), and
     :func:`extract_shard` for banks that one rank should hold only a share of.
-    ``precision=torch.bfloat16`` runs the model under bf16 autocast."""
-    features, labels, _ = extract_shard(model, loader, device, precision)
+    ``precision=torch.bfloat16`` runs the model under bf16 autocast; ``progress`` as in :func:`extract_shard`."""
+    features, labels, _ = extract_shard(model, loader, device, precision, progress=progress)
     return gather_rows(features), gather_rows(labels)
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from ..checkpoints import load_encoder
 from ..distributed import all_reduce, world_size
@@ -182,13 +183,15 @@ class LinearClassifier(L.LightningModule):
     ``milestones`` (epochs); top-1 and top-5 on the clean validation images.
 
     ``checkpoint``: a pretraining checkpoint (``.ckpt``) or an exported backbone
-    (``backbone.safetensors`` / ``backbone.pth``). ``num_classes``: taken from the datamodule
-    when left out.
+    (``backbone.safetensors`` / ``backbone.pth``); the ``linear`` command also takes it as its
+    positional argument, hence optional here (None: a ValueError). ``num_classes``: taken from
+    the datamodule when left out. Top-1 and top-5 are torchmetrics' counts over the whole
+    validation set and every process.
     """
 
     def __init__(
         self,
-        checkpoint: str,
+        checkpoint: str | None = None,
         num_classes: int | None = None,
         lr: float = 0.2,
         momentum: float = 0.9,
@@ -196,6 +199,8 @@ class LinearClassifier(L.LightningModule):
         milestones: Sequence[int] = (60, 80),
     ) -> None:
         super().__init__()
+        if checkpoint is None:
+            raise ValueError("LinearClassifier needs the checkpoint to evaluate (checkpoint=PATH)")
         self.save_hyperparameters()
         self.backbone, _ = load_encoder(checkpoint)
         self.backbone.requires_grad_(False).eval()
@@ -207,6 +212,8 @@ class LinearClassifier(L.LightningModule):
         self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)
+        self.top1 = MulticlassAccuracy(num_classes, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
 
     def setup(self, stage: str) -> None:
         if self.classifier is None:
@@ -236,9 +243,10 @@ class LinearClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch[:2]
         logits = self(images)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        self.log("linear/top1", (top5[:, 0] == labels).float().mean(), prog_bar=True, sync_dist=True)
-        self.log("linear/top5", (top5 == labels[:, None]).any(1).float().mean(), sync_dist=True)
+        self.top1(logits, labels)
+        self.top5(logits, labels)
+        self.log("linear/top1", self.top1, prog_bar=True)
+        self.log("linear/top5", self.top5)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(

@@ -250,15 +250,16 @@ class SpectrumMonitor(_HeldOutMonitor):
     """Every ``every_n_epochs`` epochs (0: off): the eigen-spectrum of the backbone features and of
     the projector's embedding on at most ``max_images`` clean held-out images (a class-balanced
     subset); logs ``spectrum/<features>/effective_rank``, ``rankme`` and ``condition_number``, writes
-    ``spectrum.png`` + ``spectrum.csv`` to ``<run folder>/spectrum/epoch=<E>/`` whatever the logger,
-    and adds the plot to TensorBoard when that is the logger. N images can show at most N - 1 directions: with
+    ``spectrum.png`` + ``spectrum.csv`` to ``<folder>/epoch=<E>/`` whatever the logger (the
+    training commands give the run folder's ``spectrum/``; None: no files), and adds the plot to
+    TensorBoard when that is the logger. N images can show at most N - 1 directions: with
     fewer images than the embedding has dimensions, the cap is stated once at the start. The
     covariance and its eigendecomposition (float64, O(D^3): about 5.5e11 flops at D = 8192) run on
     the training device."""
 
-    def __init__(self, every_n_epochs: int = 5, max_images: int | None = 10_000) -> None:
+    def __init__(self, every_n_epochs: int = 5, max_images: int | None = 10_000, folder: str | None = None) -> None:
         _check_budget("spectrum.max_images", max_images)
-        self.every_n_epochs, self.max_images = every_n_epochs, max_images
+        self.every_n_epochs, self.max_images, self.folder = every_n_epochs, max_images, folder
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0:
@@ -289,13 +290,15 @@ class SpectrumMonitor(_HeldOutMonitor):
                 if key != "dim":
                     pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
         if trainer.is_global_zero:
-            run, epoch, step = Path(trainer.default_root_dir), trainer.current_epoch, trainer.global_step
-            title = f"{run.name}: epoch {epoch + 1}, step {step}, {len(features):,} images"
+            epoch, step = trainer.current_epoch, trainer.global_step
+            run = f"{Path(self.folder).parent.name}: " if self.folder else ""
+            title = f"{run}epoch {epoch + 1}, step {step}, {len(features):,} images"
             figure = plot_spectra(spectra, title, num_samples=len(features), summaries=summaries)
             experiment = getattr(trainer.logger, "experiment", None)
             if hasattr(experiment, "add_figure"):  # rendered into the event file now
                 experiment.add_figure("spectrum", figure, global_step=step, close=False)
-            write_spectra(spectra, run / "spectrum" / f"epoch={epoch}", figure=figure)  # whatever the logger
+            if self.folder:  # whatever the logger
+                write_spectra(spectra, Path(self.folder) / f"epoch={epoch}", figure=figure)
 
 
 class OnlineLinearProbe(_HeldOutMonitor):

@@ -33,15 +33,20 @@ class SSLMethod(L.LightningModule):
     ``trainable`` covers them. How the step runs (compile, channels-last, a CUDA graph) is
     :mod:`spectral_ssl.engine`'s.
 
-    The step returns ``{"loss", **parts, "features"}`` (``features``: the backbone features of the
-    first embedded view, detached), which callbacks receive as the ``outputs`` of
-    ``on_train_batch_end`` (the online linear probe trains on them).
+    The step returns what :meth:`compute_loss` made, ``{"loss", **parts, "features"}``
+    (``features``: the backbone features of the first embedded view, detached), which callbacks
+    receive as the ``outputs`` of ``on_train_batch_end`` (the online linear probe trains on them).
+    ``views_step``: the training step is exactly views -> :meth:`compute_loss` -> check -> log
+    (what :class:`~spectral_ssl.engine.CUDAGraphStrategy` may capture); a subclass whose step does
+    more (the supervised classifier reads labels) sets it False.
 
     ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
     ``trainable``: ``all``, ``norm_only`` (only the backbone's normalization parameters train; all
     other weights stay at their seeded random initialization) or ``norm_and_head`` (those and the
     heads); see :func:`spectral_ssl.models.trainable.set_trainable`.
     """
+
+    views_step = True
 
     def __init__(
         self,
@@ -65,7 +70,6 @@ class SSLMethod(L.LightningModule):
         self.projector = Projector(self.backbone.feature_dim, projector_dims[:-1], projector_dims[-1])
         self.trainable, self.heads = trainable, [self.projector]
         self.target: MomentumTarget | None = None  # see add_momentum_target
-        self._features: Tensor | None = None  # of the first view embed() saw this step
         self.total_steps = 0  # optimizer steps of the whole run, planned at train start
         self.accumulated_micro_batches = 0  # since the last optimizer step
         self._gradients_to_restore: dict | None = None  # see on_save_checkpoint
@@ -140,27 +144,26 @@ class SSLMethod(L.LightningModule):
         """Backbone features (what evaluation and export use)."""
         return self.backbone(images)
 
-    def embed(self, views: Sequence[Tensor]) -> list[Tensor]:
-        """Projector outputs of each view (views may differ in resolution)."""
+    def embed(self, views: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """(projector outputs of each view, the backbone features of the first view, detached);
+        views may differ in resolution."""
         features = [self.backbone(v) for v in views]
-        if self._features is None:
-            self._features = features[0].detach()
-        return [self.projector(f) for f in features]
+        return [self.projector(f) for f in features], features[0].detach()
 
     def compute_loss(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
-        """Returns {"loss": scalar, **parts to log}: by default ``self.criterion`` (a loss module
-        from :mod:`spectral_ssl.losses`, set by the method) applied to the embeddings of the views."""
-        return self.criterion(self.embed(views))
+        """The step's forward: ``{"loss": scalar, **parts to log, "features": ...}``; by default
+        ``self.criterion`` (a loss module from :mod:`spectral_ssl.losses`, set by the method)
+        applied to the embeddings of the views, and the features :meth:`embed` returned."""
+        embeddings, features = self.embed(views)
+        return {**self.criterion(embeddings), "features": features}
 
-    def step_outputs(self, views: Sequence[Tensor]) -> dict[str, Tensor]:
-        """The step's forward: :meth:`compute_loss` and the ``features`` it embedded first."""
-        self._features = None
-        parts = self.compute_loss(views)
-        features, self._features = self._features, None
-        return {**parts, "features": features}
+    @property
+    def host_sync(self) -> str | None:
+        """Why this method's loss waits for the host (its criterion's ``host_sync``), or None."""
+        return getattr(getattr(self, "criterion", None), "host_sync", None)
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        outputs = self.step_outputs(batch[0])
+        outputs = self.compute_loss(batch[0])
         self.check_finite(outputs)
         self.log_outputs(outputs)
         return outputs

@@ -58,5 +58,6 @@ class BYOL(SSLMethod):
         self.criterion = BYOLLoss()
 
     def compute_loss(self, views):
-        predictions = [self.predictor(z) for z in self.embed(views)]
-        return self.criterion(predictions, [self.target(v) for v in views])
+        embeddings, features = self.embed(views)
+        predictions = [self.predictor(z) for z in embeddings]
+        return {**self.criterion(predictions, [self.target(v) for v in views]), "features": features}

@@ -37,7 +37,8 @@ class INTL(SSLMethod):
     def compute_loss(self, views):
         if self.target is None:
             return super().compute_loss(views)
-        return self.criterion(self.embed(views[1:]), key=self.target(views[0]))
+        embeddings, features = self.embed(views[1:])
+        return {**self.criterion(embeddings, key=self.target(views[0])), "features": features}
 
 
 class SpectralTransform(SSLMethod):

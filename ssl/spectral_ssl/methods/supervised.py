@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import BackboneConfig
 from ..models.trainable import Trainable
@@ -20,6 +21,8 @@ class SupervisedClassifier(SSLMethod):
     ``validation_step`` reports top-1 on whatever loader it is given (the CLI gives the held-out split).
     """
 
+    views_step = False  # its step reads the labels
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -28,6 +31,7 @@ class SupervisedClassifier(SSLMethod):
         trainable: Trainable = "all",
     ) -> None:
         super().__init__(backbone=backbone, projector_dims=[num_classes], optimizer=optimizer, trainable=trainable)
+        self.val_top1 = MulticlassAccuracy(num_classes, average="micro")  # counts over the epoch and the processes
 
     def on_fit_start(self) -> None:
         classes = getattr(self.trainer.datamodule, "num_classes", None)
@@ -51,4 +55,5 @@ class SupervisedClassifier(SSLMethod):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch[:2]
         logits = self.projector(self.backbone(images))
-        self.log("val/top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
+        self.val_top1(logits, labels)
+        self.log("val/top1", self.val_top1, prog_bar=True)

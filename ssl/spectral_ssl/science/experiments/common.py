@@ -34,7 +34,7 @@ def command_arguments(config: str, out: Path, run_name: str, seed: int, epochs: 
     """The options every experiment run through the product's commands shares: the shipped
     ``config``, its run folder ``out/runs/<run_name>`` started afresh, ``seed``, ``epochs`` (0: the
     quick budget, 1 epoch of 2 batches), no progress bar nor model summary."""
-    from ...command import resolve_config
+    from ...commands.common import resolve_config
 
     return [
         *(["--trainer.limit_train_batches=2"] if epochs == 0 else []),

@@ -42,7 +42,7 @@ def _args(config: str, run_name: str, out: Path, norm: str, mode: str, width: in
 
 def train_pair(out: Path, norm: str, mode: str, width: int, seed: int, epochs: int) -> dict:
     """One configuration: the supervised run and the INTL run; their measurements."""
-    from ...cli import pretrain, supervised
+    from ...commands import pretrain, supervised
     from ...evaluation import KNNMonitor
 
     tag = f"{norm}_w{width}_{mode}_seed{seed}"

@@ -34,7 +34,7 @@ def _common(config: str, run_name: str, out: Path, norm: str, seed: int, epochs:
 
 
 def supervised_top1(out: Path, norm: str, seed: int, epochs: int) -> float:
-    from ...cli import supervised
+    from ...commands import supervised
 
     args = [
         *_common("supervised_digits", f"supervised_{norm}_seed{seed}", out, norm, seed, epochs),
@@ -46,7 +46,7 @@ def supervised_top1(out: Path, norm: str, seed: int, epochs: int) -> float:
 
 def intl_top1(out: Path, norm: str, seed: int, epochs: int) -> tuple[float, float]:
     """(kNN top-1, fast linear top-1) on the held-out digits after INTL pretraining."""
-    from ...cli import pretrain
+    from ...commands import pretrain
     from ...evaluation import KNNMonitor, extract_features, linear_probe
 
     args = [

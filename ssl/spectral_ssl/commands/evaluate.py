@@ -1,5 +1,5 @@
-"""The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum`` and the fast mode of
-``spectral-ssl linear``, on a pretraining checkpoint or an exported backbone.
+"""The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum`` and ``spectral-ssl
+linear-fast``, on a pretraining checkpoint or an exported backbone.
 
 Each reads the dataset through the same datamodules as pretraining (``--data`` as in
 ``spectral-ssl pretrain``, the built-in digits by default), extracts features of the clean
@@ -10,7 +10,7 @@ Memory plan at ImageNet size (1.28 M training images, 2048-d features: 10.5 GB i
 The training features are never gathered: each process keeps its contiguous share (1/W of
 them), in memory (on the GPU when there is one) while the share fits ``--memory_budget_gb``,
 else in a :class:`~spectral_ssl.evaluation.features.FeatureFile` under ``--cache_dir`` that
-the search (``knn``) or the classifier (``linear --fast``) reads a block at a time; the file is
+the search (``knn``) or the classifier (``linear-fast``) reads a block at a time; the file is
 deleted afterwards. The test features (50,000 x 2048: 410 MB) are gathered on every process.
 Peak host memory is then the model, the test features, one block and the DataLoader workers.
 """
@@ -27,11 +27,10 @@ import torch.distributed as dist
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from .checkpoints import load_encoder
-from .command import command_parser, reports_bad_input
-from .data import SSLDataModule, balanced_subset
-from .distributed import rank, total_over_ranks
-from .evaluation import (
+from ..checkpoints import load_encoder
+from ..data import SSLDataModule, balanced_subset
+from ..distributed import rank, total_over_ranks
+from ..evaluation import (
     PROTOCOLS,
     FeatureFile,
     apply_in_batches,
@@ -43,6 +42,8 @@ from .evaluation import (
     spectrum_summary,
     write_spectra,
 )
+from ..runs import RunFolder
+from .common import command_parser, reports_bad_input
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
@@ -66,7 +67,7 @@ def _parser(prog: str, description: str) -> ArgumentParser:
         "--cache_dir",
         type=str,
         default=None,
-        help="folder for features over the budget (default: features/ beside the checkpoint)",
+        help="folder for features over the budget (default: the checkpoint's run folder's features/)",
     )
     parser.set_defaults({"data": {"class_path": "spectral_ssl.data.DigitsDataModule"}})
     return parser
@@ -76,8 +77,7 @@ def _setup(parser: ArgumentParser, args: list[str]):
     config = parser.parse_args(args)
     init = parser.instantiate_classes(config)
     if getattr(init.data, "index_cache", "") is None:  # reuse the pretraining run's file index
-        folder = Path(config.checkpoint).resolve().parent
-        init.data.index_cache = str((folder.parent if folder.name == "checkpoints" else folder) / "index")
+        init.data.index_cache = str(RunFolder.of_checkpoint(config.checkpoint).index)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(dist.destroy_process_group)  # a live group's threads at exit can abort the process
@@ -112,11 +112,11 @@ def _features(model: nn.Module, datamodule: SSLDataModule, config, device, preci
     share = -(-len(train_loader.dataset) // (dist.get_world_size() if dist.is_initialized() else 1))
     store = None
     if width is None or share * width * 4 > config.memory_budget_gb * 2**30:
-        folder = Path(config.cache_dir) if config.cache_dir else Path(config.checkpoint).resolve().parent / "features"
+        folder = Path(config.cache_dir) if config.cache_dir else RunFolder.of_checkpoint(config.checkpoint).features
         store = lambda dim: FeatureFile(folder / f"train-rank{rank()}-{os.getpid()}.f32", dim)  # noqa: E731
     keep = device if device.type == "cuda" else torch.device("cpu")
-    train = extract_shard(model, train_loader, device, precision, out_device=keep, store=store)[:2]
-    test = [t.to(device) for t in extract_features(model, test_loader, device, precision)]
+    train = extract_shard(model, train_loader, device, precision, out_device=keep, store=store, progress="train")[:2]
+    test = [t.to(device) for t in extract_features(model, test_loader, device, precision, progress="test")]
     return train, test, time.perf_counter() - start
 
 
@@ -127,6 +127,8 @@ def _release(features) -> None:
 
 @reports_bad_input
 def knn(args: list[str]) -> dict[str, float]:
+    """kNN top-1 of a checkpoint's features, weighted (k=20, 200) and the INTL 5-NN L2 protocol.
+    Returns {protocol: top-1 in [0, 1]}."""
     parser = _parser(
         "spectral-ssl knn",
         "kNN top-1 of a backbone's features: weighted (cosine, k=20 and 200, "
@@ -159,6 +161,8 @@ def knn(args: list[str]) -> dict[str, float]:
 
 @reports_bad_input
 def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
+    """Eigen-spectrum, effective rank and RankMe of a checkpoint's features (PNG + CSV).
+    Returns {"backbone"/"embedding": summary}."""
     parser = _parser(
         "spectral-ssl spectrum",
         "Eigen-spectrum of the backbone features and of the projector's "
@@ -178,7 +182,7 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
     config, datamodule, backbone, projector, device, precision = _setup(parser, args)
     indices = balanced_subset(datamodule.labels(config.split), config.max_images, getattr(datamodule, "seed", 0))
     loader = datamodule.eval_dataloader(config.split, config.batch_size, indices)
-    features = {"backbone": extract_features(backbone, loader, device, precision)[0]}
+    features = {"backbone": extract_features(backbone, loader, device, precision, progress=config.split)[0]}
     if projector is not None:
         features["embedding"] = apply_in_batches(projector, features["backbone"], device)
     spectra, summaries = {}, {}
@@ -192,9 +196,8 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
     if _is_main():
         checkpoint = Path(config.checkpoint).resolve()
         out = Path(config.out) if config.out else checkpoint.parent / "spectrum"
-        run = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "export") else checkpoint.parent
         used = len(features["backbone"])  # the images read: unreadable files are left out
-        title = f"{run.name}/{checkpoint.name}: {config.split} split, {used:,} images"
+        title = f"{RunFolder.of_checkpoint(checkpoint).name}/{checkpoint.name}: {config.split} split, {used:,} images"
         png, csv = write_spectra(spectra, out, title, num_samples=used, summaries=summaries)
         print(f"wrote {png} and {csv} ({used:,} images of the {config.split} split)")
     return summaries
@@ -202,11 +205,12 @@ def spectrum(args: list[str]) -> dict[str, dict[str, float]]:
 
 @reports_bad_input
 def linear_fast(args: list[str]) -> float:
+    """Fast linear evaluation on features extracted once (the quick number). Returns top-1 in [0, 1]."""
     parser = _parser(
-        "spectral-ssl linear --fast",
+        "spectral-ssl linear-fast",
         "Fast linear evaluation: features of the clean images extracted "
         "once, then a linear classifier (Adam, cosine) trained on them for many epochs. The quick "
-        "number; `spectral-ssl linear` without --fast runs the reportable ImageNet protocol.",
+        "number; `spectral-ssl linear` runs the reportable ImageNet protocol.",
     )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-2)

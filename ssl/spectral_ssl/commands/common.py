@@ -1,8 +1,9 @@
-"""What every ``spectral-ssl`` subcommand shares, so that all six are used the same way: a
-jsonargparse parser (``--help``, ``--config FILE``, ``--print_config``, dotted overrides, an error
-naming any unknown key; the Lightning commands get the same from LightningCLI, which is built on
-it), ``--config NAME`` for the shipped configs, bad input reported as one line, ``error: ...``,
-with exit status 1 and no traceback, and a console without other packages' notices."""
+"""What every ``spectral-ssl`` command shares, so that all of them are used the same way: one
+jsonargparse parser each (``--help``, ``--config FILE``, ``--print_config``, dotted overrides, an
+error naming any unknown key; the Lightning commands get theirs from LightningCLI, which is built
+on it), ``--config NAME`` for the shipped configs (:class:`ShippedConfigFile`, the parser's own
+config action), bad input reported as one line, ``error: ...``, with exit status 1 and no
+traceback, and a console without other packages' notices."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from typing import TypeVar
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from .data import UnreadableImageError
-from .runs import CheckpointWriteError
+from ..data import UnreadableImageError
+from ..runs import CheckpointWriteError
 
 BAD_INPUT = (FileNotFoundError, ValueError, FloatingPointError, UnreadableImageError, CheckpointWriteError)
 """What a user can fix (a path, a setting, the data, the disk): reported in one line."""
@@ -55,7 +56,7 @@ def quiet_third_party_notices() -> None:
 SHIPPED_CONFIGS = next(
     (
         folder
-        for folder in (Path(__file__).parent / "configs", Path(__file__).parents[2] / "configs")
+        for folder in (Path(__file__).parents[1] / "configs", Path(__file__).parents[3] / "configs")
         if (folder / "quickstart.yaml").is_file()
     ),
     None,
@@ -80,25 +81,22 @@ def resolve_config(value: str) -> str:
     raise FileNotFoundError(f"--config {value}: no such file, nor a shipped config of that name (shipped: {names})")
 
 
-def resolve_config_arguments(argv: list[str]) -> list[str]:
-    """``argv`` with every ``--config`` / ``-c`` value passed through :func:`resolve_config`."""
-    resolved, follows_flag = [], False
-    for arg in argv:
-        flag, equals, value = arg.partition("=")
-        if follows_flag:
-            arg = resolve_config(arg)
-        elif equals and flag in ("--config", "-c"):
-            arg = f"{flag}={resolve_config(value)}"
-        resolved.append(arg)
-        follows_flag = arg in ("--config", "-c")
-    return resolved
+class ShippedConfigFile(ActionConfigFile):
+    """jsonargparse's ``--config`` action, the value passed through :func:`resolve_config` first:
+    ``--config cifar10/intl`` is the shipped config of that name from any folder."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        super().__call__(parser, cfg, resolve_config(values), option_string)
+
+
+CONFIG_HELP = "a YAML file with any of these options, or a shipped config's name (cifar10/intl); may repeat"
 
 
 def command_parser(prog: str, description: str) -> ArgumentParser:
     """A subcommand's parser: ``--config`` files, no abbreviated keys (``--max_image`` is a
     mistake, not ``--max_images``)."""
     parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
+    parser.add_argument("-c", "--config", action=ShippedConfigFile, help=CONFIG_HELP)
     return parser
 
 
