@@ -91,6 +91,34 @@ def test_top_level_help_lists_every_command_and_an_unknown_one_is_an_error(capsy
         main(["pretrian"])
 
 
+@pytest.mark.parametrize("command", ["pretrain", "supervised", "linear", "knn", "spectrum", "linear-fast"])
+def test_the_default_dataset_never_carries_its_settings_into_a_dataset_named(command, tmp_path, capsys):
+    """The digits (the default) have image_size 16 and num_workers 0: an ImageFolder named on
+    the command line keeps its own 224 and 8, and without a class named the digits take the
+    options; the model's default (INTL) likewise takes ``--model.backbone.width`` alone."""
+    import yaml
+
+    checkpoint = [] if command in ("pretrain", "supervised") else [str(tmp_path / "any.ckpt")]
+    folder = ["--data=spectral_ssl.data.ImageFolderDataModule", f"--data.root={tmp_path}"]
+    for args, expected in (
+        (folder, ("spectral_ssl.data.ImageFolderDataModule", 224, 8)),
+        (["--data.batch_size=64"], ("spectral_ssl.data.DigitsDataModule", 16, 0)),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, *checkpoint, *args, "--print_config"])
+        assert exit_info.value.code == 0
+        data = yaml.safe_load(capsys.readouterr().out)["data"]
+        assert (data["class_path"], data["init_args"]["image_size"], data["init_args"]["num_workers"]) == expected
+    if command == "pretrain":
+        with pytest.raises(SystemExit):
+            main([command, "--model.backbone.width=8", "--data.batch_size=64", "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["class_path"] == "spectral_ssl.methods.INTL"
+        assert (
+            printed["model"]["init_args"]["backbone"]["width"] == 8 and printed["data"]["init_args"]["batch_size"] == 64
+        )
+
+
 def test_help_print_config_and_wrong_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrain", "--help"])

@@ -8,15 +8,17 @@ traceback, and a console without other packages' notices."""
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from argparse import ArgumentError
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from ..data import UnreadableImageError
 from ..runs import CheckpointWriteError
@@ -92,12 +94,64 @@ class ShippedConfigFile(ActionConfigFile):
 CONFIG_HELP = "a YAML file with any of these options, or a shipped config's name (cifar10/intl); may repeat"
 
 
+DEFAULT_DATA = "spectral_ssl.data.DigitsDataModule"
+"""The dataset when a command names none: the built-in digits (no download)."""
+
+PRINT_CONFIG_HELP = "print the parsed config (a YAML file of it) and exit"
+
+
 def command_parser(prog: str, description: str) -> ArgumentParser:
-    """A subcommand's parser: ``--config`` files, no abbreviated keys (``--max_image`` is a
-    mistake, not ``--max_images``)."""
-    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    """A command's parser: ``--config`` files, ``--print_config`` (printed by
+    :func:`parse_with_default_classes`), no abbreviated keys (``--max_image`` is a mistake, not
+    ``--max_images``)."""
+    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False, print_config=None)
     parser.add_argument("-c", "--config", action=ShippedConfigFile, help=CONFIG_HELP)
+    parser.add_argument("--print_config", action="store_true", help=PRINT_CONFIG_HELP)
     return parser
+
+
+def parse_with_default_classes(
+    parser: ArgumentParser, args: list[str], defaults: Mapping[str, str], bases: Mapping[str, type]
+) -> Namespace:
+    """``parser.parse_args(args)`` with a default class for each section of ``defaults``
+    (``{"data": DEFAULT_DATA}``) that applies only when no argument names that section's class.
+    As parser defaults they would carry their init_args into a class named later (jsonargparse's
+    rule: the digits' image_size 16 and num_workers 0 into an ImageFolder). So the first parse has
+    none. When it fails, or fills a section with its base class (``bases``; what jsonargparse does
+    for ``--data.batch_size`` or ``--model.backbone.width`` with no class named), it is tried
+    again with the default class of ``data``, then of ``model``, then both; the first that parses
+    with real classes wins (an error of another kind fails every try and is reported from the
+    last). A section left empty gets its default class. The parser's ``--print_config`` (a plain
+    flag, see :func:`command_parser`) then prints the config with its classes and exits."""
+    defaults = {key: {"class_path": path} for key, path in defaults.items()}
+    tries = [set(chosen) for chosen in ((), ("data",), ("model",), ("data", "model"))]
+    tries = [chosen for chosen in tries if chosen <= defaults.keys()]
+    for attempt, chosen in enumerate(tries):
+        parser.set_defaults({key: defaults[key] if key in chosen else None for key in defaults})
+        parser.exit_on_error = last = attempt == len(tries) - 1
+        try:
+            config = parser.parse_args(args)
+        except ArgumentError:
+            continue
+        finally:
+            parser.exit_on_error = True
+        if last or not any(_holds_class(config.get(key), bases[key]) for key in defaults.keys() - chosen):
+            break
+    if empty := {key: value for key, value in defaults.items() if config.get(key) is None}:
+        parser.set_defaults(empty)
+        config = parser.parse_args(args)
+    if config.pop("print_config"):
+        print(parser.dump(config, skip_none=False), end="")
+        sys.exit(0)
+    return config
+
+
+def _holds_class(section, cls: type) -> bool:
+    """Whether a parsed subclass section is of exactly ``cls``."""
+    if section is None or "class_path" not in section:
+        return False
+    module, _, name = section.class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None) is cls
 
 
 def reports_bad_input(command: Callable[[list[str]], Result]) -> Callable[[list[str]], Result]:

@@ -43,7 +43,7 @@ from ..evaluation import (
     write_spectra,
 )
 from ..runs import RunFolder
-from .common import command_parser, reports_bad_input
+from .common import DEFAULT_DATA, command_parser, parse_with_default_classes, reports_bad_input
 
 
 def _parser(prog: str, description: str) -> ArgumentParser:
@@ -69,12 +69,11 @@ def _parser(prog: str, description: str) -> ArgumentParser:
         default=None,
         help="folder for features over the budget (default: the checkpoint's run folder's features/)",
     )
-    parser.set_defaults({"data": {"class_path": "spectral_ssl.data.DigitsDataModule"}})
     return parser
 
 
 def _setup(parser: ArgumentParser, args: list[str]):
-    config = parser.parse_args(args)
+    config = parse_with_default_classes(parser, args, {"data": DEFAULT_DATA}, {"data": SSLDataModule})
     init = parser.instantiate_classes(config)
     if getattr(init.data, "index_cache", "") is None:  # reuse the pretraining run's file index
         init.data.index_cache = str(RunFolder.of_checkpoint(config.checkpoint).index)

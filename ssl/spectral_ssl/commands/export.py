@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..export import FORMATS, export_backbone
 from ..runs import RunFolder
-from .common import command_parser, reports_bad_input
+from .common import command_parser, parse_with_default_classes, reports_bad_input
 
 
 @reports_bad_input
@@ -32,6 +32,6 @@ def export(args: list[str]) -> dict[str, Path]:
         help="the image side the formats fixed to one size (ONNX) take, and the example traced and checked "
         "(default: the size the checkpoint was trained at)",
     )
-    config = parser.parse_args(args)
+    config = parse_with_default_classes(parser, args, {}, {})
     out = config.out or RunFolder.of_checkpoint(config.checkpoint).export
     return export_backbone(config.checkpoint, out, config.formats, config.image_size)

@@ -12,10 +12,8 @@ again resumes the run from its newest intact checkpoint (``--ckpt_path`` chooses
 
 from __future__ import annotations
 
-import importlib
 import sys
 import warnings
-from argparse import ArgumentError
 from pathlib import Path
 
 import lightning
@@ -40,10 +38,14 @@ from ..runs import (
     remove_partial_writes,
     resumable_changes,
 )
-from .common import CONFIG_HELP, ShippedConfigFile, reports_bad_input
-
-DEFAULT_DATA = "spectral_ssl.data.DigitsDataModule"
-"""The dataset when a command names none: the built-in digits (no download)."""
+from .common import (
+    CONFIG_HELP,
+    DEFAULT_DATA,
+    PRINT_CONFIG_HELP,
+    ShippedConfigFile,
+    parse_with_default_classes,
+    reports_bad_input,
+)
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -96,7 +98,7 @@ class TrainCLI(LightningCLI):
                 "allow_abbrev": False,
                 "prog": f"spectral-ssl {command}",
                 "description": description,
-                "print_config": None,  # ours, printed once the default classes are in (parse_arguments)
+                "print_config": None,  # ours: printed once the default classes are in (parse_arguments)
             },
             auto_configure_optimizers=False,
             run=False,
@@ -112,44 +114,9 @@ class TrainCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """Parses ``args`` (Lightning's own method warns when ``sys.argv`` holds the command's
-        name). The default classes apply only to the sections whose class no argument names: as
-        parser defaults they would carry their init_args into a class named later (jsonargparse's
-        rule: the digits' image_size 16 into an ImageFolder). So the first parse has none. When it
-        fails, or fills a section with its base class (``--data.batch_size``,
-        ``--model.backbone.width`` with no class named), it is tried again with the default class
-        of ``data``, then of ``model``, then both; the first that parses with real classes wins (an
-        error of another kind fails every try and is reported from the last). A section left
-        empty gets its default class."""
-        defaults = {key: {"class_path": path} for key, path in self.default_classes.items()}
-        tries = [set(chosen) for chosen in ((), ("data",), ("model",), ("data", "model"))]
-        tries = [chosen for chosen in tries if chosen <= defaults.keys()]
-        for attempt, chosen in enumerate(tries):
-            parser.set_defaults({key: defaults[key] if key in chosen else None for key in defaults})
-            parser.exit_on_error = last = attempt == len(tries) - 1
-            try:
-                config = parser.parse_args(args)
-            except ArgumentError:
-                continue
-            if last or not any(self._base_class_in(config, key) for key in defaults.keys() - chosen):
-                break
-        parser.exit_on_error = True
-        if empty := {key: value for key, value in defaults.items() if config.get(key) is None}:
-            parser.set_defaults(empty)
-            config = parser.parse_args(args)
-        if config.pop("print_config"):  # the config as parsed, default classes included
-            print(parser.dump(config, skip_none=False), end="")
-            sys.exit(0)
-        self.config = config
-
-    def _base_class_in(self, config, key: str) -> bool:
-        """Whether jsonargparse filled section ``key`` with the parser's base class itself (what it
-        does when only options are given, no class)."""
-        value = config.get(key)
-        if value is None or "class_path" not in value:
-            return False
-        module, _, name = value.class_path.rpartition(".")
-        base = self._model_class if key == "model" else self._datamodule_class
-        return getattr(importlib.import_module(module), name, None) is base
+        name), the default classes applied by :func:`.common.parse_with_default_classes`."""
+        bases = {"data": self._datamodule_class, "model": self._model_class}
+        self.config = parse_with_default_classes(parser, args, self.default_classes, bases)
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
@@ -171,9 +138,7 @@ class TrainCLI(LightningCLI):
                 default=None,
                 help="the checkpoint to evaluate (the same as --model.checkpoint)",
             )
-        parser.add_argument(
-            "--print_config", action="store_true", help="print the parsed config (a YAML file of it) and exit"
-        )
+        parser.add_argument("--print_config", action="store_true", help=PRINT_CONFIG_HELP)
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
         parser.add_argument(
