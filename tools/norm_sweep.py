@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
 from spectral_ssl.commands import pretrain  # noqa: E402
 from spectral_ssl.evaluation import KNNMonitor, covariance_spectrum, effective_rank, extract_features  # noqa: E402
+from spectral_ssl.plots import pyplot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NORMS = ["bn", "gn", "ln", "pln", "pln+pln", "lng", "iternorm", "none"]
@@ -90,10 +91,7 @@ def write_table(rows: list[dict], epochs: int, out: Path) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = [r["entry"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

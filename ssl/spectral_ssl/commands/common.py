@@ -97,17 +97,23 @@ CONFIG_HELP = "a YAML file with any of these options, or a shipped config's name
 DEFAULT_DATA = "spectral_ssl.data.DigitsDataModule"
 """The dataset when a command names none: the built-in digits (no download)."""
 
-PRINT_CONFIG_HELP = "print the parsed config (a YAML file of it) and exit"
-
 
 def command_parser(prog: str, description: str) -> ArgumentParser:
     """A command's parser: ``--config`` files, ``--print_config`` (printed by
     :func:`parse_with_default_classes`), no abbreviated keys (``--max_image`` is a mistake, not
     ``--max_images``)."""
     parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False, print_config=None)
-    parser.add_argument("-c", "--config", action=ShippedConfigFile, help=CONFIG_HELP)
-    parser.add_argument("--print_config", action="store_true", help=PRINT_CONFIG_HELP)
+    add_config_arguments(parser)
     return parser
+
+
+def add_config_arguments(parser: ArgumentParser) -> None:
+    """``-c/--config`` (:class:`ShippedConfigFile`) and ``--print_config``, a plain flag that
+    :func:`parse_with_default_classes` acts on (the parser's own must be off: ``print_config=None``)."""
+    parser.add_argument("-c", "--config", action=ShippedConfigFile, help=CONFIG_HELP)
+    parser.add_argument(
+        "--print_config", action="store_true", help="print the parsed config (a YAML file of it) and exit"
+    )
 
 
 def parse_with_default_classes(

@@ -38,14 +38,7 @@ from ..runs import (
     remove_partial_writes,
     resumable_changes,
 )
-from .common import (
-    CONFIG_HELP,
-    DEFAULT_DATA,
-    PRINT_CONFIG_HELP,
-    ShippedConfigFile,
-    parse_with_default_classes,
-    reports_bad_input,
-)
+from .common import DEFAULT_DATA, add_config_arguments, parse_with_default_classes, reports_bad_input
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -106,10 +99,10 @@ class TrainCLI(LightningCLI):
         )
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
-        """Lightning's parser with our ``--config`` action (:class:`ShippedConfigFile`)."""
+        """Lightning's parser with our ``--config`` and ``--print_config`` (:func:`.common.add_config_arguments`)."""
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.__version__}"])
         parser = self.parser_class(**kwargs)
-        parser.add_argument("-c", "--config", action=ShippedConfigFile, help=CONFIG_HELP)
+        add_config_arguments(parser)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
@@ -138,7 +131,6 @@ class TrainCLI(LightningCLI):
                 default=None,
                 help="the checkpoint to evaluate (the same as --model.checkpoint)",
             )
-        parser.add_argument("--print_config", action="store_true", help=PRINT_CONFIG_HELP)
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
         parser.add_argument(
@@ -187,7 +179,7 @@ class TrainCLI(LightningCLI):
         """``model.checkpoint`` from the parsed config, merged with the positional checkpoint, as
         an absolute path (so the same from any folder)."""
         given, positional = self.config.model.checkpoint, self.config.evaluate
-        if given and positional and Path(given).resolve() != Path(positional).resolve():
+        if given and positional and Path(given).expanduser().resolve() != Path(positional).expanduser().resolve():
             raise ValueError(
                 f"two checkpoints to evaluate: {positional} (positional) and --model.checkpoint={given}; give one"
             )

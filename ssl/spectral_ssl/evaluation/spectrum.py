@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..plots import pyplot
+
 
 def covariance_spectrum(features: Tensor) -> Tensor:
     """Eigenvalues (descending, float64, clamped at 0) of the covariance of (N, D) features."""
@@ -77,11 +79,7 @@ def plot_spectra(
     against i), each curve stopping at its :func:`numerical_rank` (``num_samples``: the images
     the spectra come from); with ``summaries`` (:func:`spectrum_summary` per name) the legend
     gives each one's effective rank and RankMe. Returns the matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5.5, 4), dpi=100)
     for name, values in spectra.items():
         values = values.double()[: numerical_rank(values, num_samples)]
@@ -109,8 +107,7 @@ def write_spectra(
     """``spectrum.png`` (see :func:`plot_spectra`; ``figure``: that plot already drawn) and
     ``spectrum.csv`` (one column of eigenvalues per features, descending, all of them) in
     ``out_dir``. The figure is closed once saved."""
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = figure or plot_spectra(spectra, title, num_samples, summaries)

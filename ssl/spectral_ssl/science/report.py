@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plots import pyplot
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value), NaNs ignored."""
@@ -139,9 +141,7 @@ class Experiment:
     def save_figure(self, figure, name: str) -> Path:
         path = self.out / f"{name}.png"
         figure.savefig(path, dpi=120, bbox_inches="tight")
-        from matplotlib import pyplot as plt
-
-        plt.close(figure)
+        pyplot().close(figure)
         return path
 
 
@@ -158,14 +158,3 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> l
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported here, where plots are made:
-    it costs ~0.3 s and 30 MB, and training never needs it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt

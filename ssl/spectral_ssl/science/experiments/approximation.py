@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..report import Experiment, formatted, markdown_table, pyplot
+from ...plots import pyplot
+from ..report import Experiment, formatted, markdown_table
 from ..training import fit_regression, sup_and_l2_error
 from .common import error_bar_plot, network
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ...plots import pyplot
 from ..construction import DIGITS, construct, verify
-from ..report import Experiment, formatted, markdown_table, pyplot
+from ..report import Experiment, formatted, markdown_table
 from ..training import accuracy, fit_classifier
 from .common import digits_vectors, network
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...plots import pyplot
 from ..mlp import mlp
-from ..report import pyplot
 
 VARIANTS: dict[str, dict] = {
     "LN": {"norm": "ln", "act": "identity"},
