@@ -239,11 +239,10 @@ def _train(framework: str, root: str, batch: int, workers: int, skip: int, steps
     if framework == "ours":
         from benchmark import StepTimer
         from spectral_ssl.commands import pretrain
-        from spectral_ssl.commands.common import resolve_config
 
         cli = pretrain(
             [
-                *("--config", resolve_config("cifar10/barlow_twins"), "--output_dir", root, "--run_name", "ours"),
+                *("--config", "cifar10/barlow_twins", "--output_dir", root, "--run_name", "ours"),
                 *(f"--data.init_args.root={root}", f"--data.init_args.batch_size={batch}"),
                 *(f"--data.init_args.num_workers={workers}", f"--trainer.max_steps={skip + steps}"),
                 *("--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--online_probe.every_n_epochs=0"),

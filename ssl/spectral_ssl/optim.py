@@ -16,7 +16,8 @@ class OptimizerConfig:
     """SGD, LARS, Adam or AdamW (``name``), linear warm-up then cosine decay, stepped every iteration.
 
     ``lr`` is the base learning rate for a global batch of 256: the optimizer uses
-    lr * (per-device batch x devices x nodes x gradient accumulation) / 256. The cosine ends at
+    lr * (per-device batch x devices x nodes x gradient accumulation) / 256; ``batch_size`` is the
+    per-device batch (the commands link it from ``data.batch_size``; None: the datamodule's). The cosine ends at
     ``min_lr_ratio`` x that (INTL: 0.001). ``exclude_bias_and_norm`` takes biases and every
     parameter of a normalization layer out of weight decay (and so out of LARS adaptation).
     """
@@ -28,20 +29,26 @@ class OptimizerConfig:
     exclude_bias_and_norm: bool = True
     warmup_epochs: float = 2.0
     min_lr_ratio: float = 0.001
+    batch_size: int | None = None
 
 
-def global_batch_size(trainer) -> int:
-    """Images per optimizer step over all processes: the datamodule's per-device ``batch_size``
-    x devices x nodes x gradient accumulation."""
-    per_device = getattr(trainer.datamodule, "batch_size", None)
-    if per_device is None:
-        raise AttributeError("the datamodule must expose batch_size (per device) to scale the learning rate")
-    return per_device * trainer.world_size * trainer.accumulate_grad_batches
+def global_batch_size(trainer, batch_size: int | None = None) -> int:
+    """Images per optimizer step over all processes: the per-device ``batch_size`` (None: the
+    trainer's datamodule's) x devices x nodes x gradient accumulation."""
+    if batch_size is None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "batch_size"):
+            raise ValueError(
+                "the learning rate is scaled by the batch size: give the per-device batch_size (the commands "
+                "link data.batch_size to it) or fit with a datamodule that has batch_size"
+            )
+        batch_size = datamodule.batch_size
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
 
-def scaled_lr(base_lr: float, trainer) -> float:
+def scaled_lr(base_lr: float, trainer, batch_size: int | None = None) -> float:
     """The linear scaling rule (Goyal et al., 2017): ``base_lr`` x global batch / 256."""
-    return base_lr * global_batch_size(trainer) / 256
+    return base_lr * global_batch_size(trainer, batch_size) / 256
 
 
 def planned_steps(trainer) -> tuple[int, int]:

@@ -1,28 +1,62 @@
 """Every per-dataset config parses, builds its model and trains one step on data of its real
 format and image size (tiny overrides: narrow backbone and heads, small batch, one device)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
 from spectral_ssl.commands import main, pretrain
+from spectral_ssl.commands.common import resolve_config, shipped_config_names
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
-PRETRAINING = [c for c in CONFIGS if c.parent.name != "linear"]
+PRETRAINING = [n for n in shipped_config_names() if "/" in n and not n.startswith("linear/")]
+QUICK_STARTS = ["quickstart", "quickstart_vit"]
 
 
-def test_configs_are_what_the_generator_writes():
-    spec = importlib.util.spec_from_file_location("write_configs", ROOT / "tools" / "write_configs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    generated = module.all_configs()
-    assert {ROOT / p for p in generated} == set(PRETRAINING)
-    for path, text in generated.items():
-        assert (ROOT / path).read_text() == text, f"{path} differs: run python tools/write_configs.py"
+def merged(*layers: dict) -> dict:
+    """Mappings merged key by key, later layers winning, lists replaced: what repeated --config does."""
+    result: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            both = isinstance(value, dict) and isinstance(result.get(key), dict)
+            result[key] = merged(result[key], value) if both else value
+    return result
+
+
+def composed(name: str) -> dict:
+    return merged(*(yaml.safe_load(Path(part).read_text()) for part in resolve_config(name)))
+
+
+def test_the_shipped_configs_are_a_base_per_dataset_and_a_file_per_method():
+    """58 pretraining configs from 4 bases, 15 method files and 4 ViT variants; every method file
+    names the source of its values, and none repeats what its base holds."""
+    assert len(PRETRAINING) == 58
+    for dataset in ("cifar10", "cifar100", "imagenet100", "imagenet"):
+        folder = ROOT / "configs" / dataset
+        base = yaml.safe_load((folder / "base.yaml").read_text())
+        assert {"trainer", "data", "knn", "spectrum", "online_probe"} <= set(base) and "model" not in base
+        for method in folder.glob("*.yaml"):
+            if method.stem == "base":
+                continue
+            comments = [line for line in method.read_text().splitlines() if line.startswith("#")]
+            assert any("Source" in line for line in comments), method
+            layer = yaml.safe_load(method.read_text())
+            assert not set(layer) & {"knn", "spectrum", "online_probe", "seed_everything"}, method
+            assert layer["model"]["init_args"]["optimizer"], method
+
+
+def test_a_composed_config_is_named_after_itself_unless_told(tmp_path, capsys):
+    for args, run_name in (
+        (["--config", "cifar10/intl_vit_small"], "cifar10_intl_vit_small"),
+        (["--config", "imagenet/intl_multicrop"], "imagenet_intl_multicrop"),
+        (["--config", "cifar10/intl", "--run_name", "mine"], "mine"),
+        (["--config", "quickstart"], "quickstart"),  # its file names it
+    ):
+        with pytest.raises(SystemExit):
+            pretrain([*args, "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out)["run_name"] == run_name
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +68,7 @@ def datasets(tmp_path_factory):
     return root
 
 
-def tiny_overrides(config: dict, data_root: Path) -> list[str]:
+def tiny_overrides(config: dict, data_root: Path) -> list[str]:  # config: the composed mapping
     model = config["model"]["init_args"]
     method = config["model"]["class_path"].rsplit(".", 1)[1]
     args = [
@@ -73,16 +107,12 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize(
-    "config",
-    PRETRAINING + [ROOT / "configs" / "quickstart.yaml", ROOT / "configs" / "quickstart_vit.yaml"],
-    ids=lambda p: f"{p.parent.name}/{p.stem}",
-)
+@pytest.mark.parametrize("config", PRETRAINING + QUICK_STARTS)
 def test_every_config_states_its_monitor_budgets(config):
-    parsed = yaml.safe_load(config.read_text())
+    parsed = composed(config)
     assert parsed["knn"]["max_bank"] >= 1 and parsed["knn"]["max_queries"] >= 1
     assert parsed["spectrum"]["max_images"] >= 1 and parsed["online_probe"]["max_images"] >= 1
-    if "imagenet" in config.parent.name:  # bounded well below the dataset: at most 100 bank images a class
+    if config.startswith("imagenet"):  # bounded well below the dataset: at most 100 bank images a class
         assert parsed["knn"]["max_bank"] <= 100_000 and parsed["knn"]["max_queries"] <= 10_000
     widest = max(parsed["model"]["init_args"].get("projector_dims", [0]))
     assert parsed["spectrum"]["max_images"] > widest  # the spectrum sees more images than dimensions
@@ -95,13 +125,12 @@ def test_every_config_states_its_monitor_budgets(config):
 def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, tmp_path):
     """A few steps of the shipped ImageNet configs on a synthetic tree of 375 x 500 JPEGs (ImageNet's
     typical size), with the kNN (baselines included), spectrum and online-probe monitors on."""
-    config = ROOT / "configs" / f"{name}.yaml"
-    parsed = yaml.safe_load(config.read_text())
+    parsed = composed(name)
     write_image_folder(tmp_path / "tree", corrupt=False, per_class=8, size=(375, 500), classes=("a", "b", "c"))
     cli = pretrain(
         [
             "--config",
-            str(config),
+            name,
             *tiny_overrides(parsed, tmp_path / "tree"),
             "--trainer.max_steps=2",
             "--data.init_args.batch_size=8",
@@ -115,26 +144,25 @@ def test_imagenet_configs_run_steps_with_every_monitor_on_real_size_jpegs(name, 
     assert "average-pooled from 224x224 to 32x32" in knn.summary()
     logged = cli.trainer.logged_metrics
     assert {"knn/top1", "online/top1", "spectrum/embedding/effective_rank"} <= set(logged)
-    index_files = list((tmp_path / parsed["run_name"]).glob("**/index-*.npz"))
+    index_files = list((tmp_path / name.replace("/", "_")).glob("**/index-*.npz"))
     assert len(index_files) == 2  # the file index, cached in the run folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", PRETRAINING, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("config", PRETRAINING)
 def test_config_builds_and_trains_one_step(config, datasets, tmp_path):
-    parsed = yaml.safe_load(config.read_text())
-    assert "Source:" in config.read_text().split("run_name")[0]
-    cli = pretrain(["--config", str(config), *tiny_overrides(parsed, datasets), "--output_dir", str(tmp_path)])
+    parsed = composed(config)
+    cli = pretrain(["--config", config, *tiny_overrides(parsed, datasets), "--output_dir", str(tmp_path)])
     assert cli.trainer.global_step == 1
     model = cli.model
     assert type(model).__name__ == parsed["model"]["class_path"].rsplit(".", 1)[1]
     views = parsed["data"]["init_args"]["augment"]
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert [v.shape[-1] for v in batch[0]] == [v["size"] for v in views]  # multi-crop sizes as configured
-    assert (tmp_path / parsed["run_name"] / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / config.replace("/", "_") / "checkpoints" / "last.ckpt").exists()
 
 
-@pytest.mark.parametrize("config", PRETRAINING, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("config", PRETRAINING)
 def test_config_resolves_to_its_own_datamodule_defaults(config, capsys):
     """No argument leaks from the default digits datamodule into the config's (jsonargparse carries
     same-named init_args over when the class changes: ImageNet got image_size 16, num_workers 0)."""
@@ -143,9 +171,9 @@ def test_config_resolves_to_its_own_datamodule_defaults(config, capsys):
     from spectral_ssl import data as datamodules
 
     with pytest.raises(SystemExit):
-        pretrain(["--config", str(config), "--print_config"])
+        pretrain(["--config", config, "--print_config"])
     resolved = yaml.safe_load(capsys.readouterr().out)["data"]
-    written = yaml.safe_load(config.read_text())["data"]["init_args"]
+    written = composed(config)["data"]["init_args"]
     cls = getattr(datamodules, resolved["class_path"].rsplit(".", 1)[1])
     for name, parameter in inspect.signature(cls.__init__).parameters.items():
         if name not in ("self", "augment", "mean", "std") and name not in written:

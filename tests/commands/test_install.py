@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from spectral_ssl.commands.common import SHIPPED_CONFIGS, command_parser, resolve_config
+from spectral_ssl.commands.common import SHIPPED_CONFIGS, command_parser, resolve_config, shipped_config_names
 
 pytestmark = pytest.mark.slow  # real subprocesses: pytest -m 'not slow' skips them
 
@@ -28,11 +28,20 @@ def test_every_source_folder_is_a_listed_package():
 def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no configs/ folder here
     assert SHIPPED_CONFIGS == ROOT / "configs"  # the source checkout's, in an editable install
-    for name in ("cifar10/intl", "cifar10/intl.yaml", "configs/cifar10/intl.yaml"):
-        assert resolve_config(name) == str(ROOT / "configs" / "cifar10" / "intl.yaml")
+    shipped = ROOT / "configs" / "cifar10"
+    for name in ("cifar10/intl", "cifar10/intl.yaml", "configs/cifar10/intl.yaml", str(shipped / "intl.yaml")):
+        assert resolve_config(name) == [str(shipped / "base.yaml"), str(shipped / "intl.yaml")]  # composed
+    assert resolve_config("cifar10/barlow_twins_vit_small") == [
+        str(shipped / "base.yaml"),
+        str(shipped / "barlow_twins.yaml"),
+        str(shipped / "vit_small.yaml"),
+    ]
+    assert resolve_config("linear/digits") == [str(ROOT / "configs" / "linear" / "digits.yaml")]  # no base there
     (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
-    assert resolve_config("mine.yaml") == "mine.yaml"  # a file that exists wins
-    assert resolve_config("{seed_everything: 1}") == "{seed_everything: 1}"  # inline YAML passes through
+    assert resolve_config("mine.yaml") == ["mine.yaml"]  # a file that exists wins
+    assert resolve_config("{seed_everything: 1}") == ["{seed_everything: 1}"]  # inline YAML passes through
+    for part in ("cifar10/base", "cifar10/vit_small", "cifar10/vit_small_intl"):
+        assert part not in shipped_config_names()
     parser = command_parser("test", "a name in every --config form, through the parser's own action")
     parser.add_argument("--seed_everything", type=int, default=0)
     parser.add_argument("--k", type=int, default=0)

@@ -42,6 +42,13 @@ def checkpoint(tmp_path_factory):
     return out / "tiny" / "checkpoints" / "last.ckpt"
 
 
+def digits() -> DigitsDataModule:
+    """The digits, set up as a Trainer would before reading them."""
+    data = DigitsDataModule()
+    data.setup("validate")
+    return data
+
+
 def test_pretraining_logs_online_probe_and_spectrum(checkpoint):
     events = EventAccumulator(str(checkpoint.parents[1]), size_guidance={"images": 0})
     events.Reload()
@@ -62,7 +69,7 @@ def test_pretraining_logs_online_probe_and_spectrum(checkpoint):
 def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
     results = main(["knn", str(checkpoint)])
     backbone, _ = load_encoder(checkpoint)
-    bank_loader, test_loader = DigitsDataModule().knn_dataloaders()
+    bank_loader, test_loader = digits().knn_dataloaders()
     bank, queries = extract_features(backbone, bank_loader), extract_features(backbone, test_loader)
     assert results["5-NN L2 (INTL)"] == knn_accuracy(
         *bank, *queries, k=5, temperature=None, metric="l2", normalize=False, backend="torch"
@@ -78,7 +85,7 @@ def test_spectrum_command_writes_png_and_csv_with_the_exact_eigenvalues(checkpoi
     with open(tmp_path / "spectrum.csv") as f:
         rows = list(csv.DictReader(f))
     backbone, projector = load_encoder(checkpoint)
-    _, test_loader = DigitsDataModule().knn_dataloaders()
+    _, test_loader = digits().knn_dataloaders()
     features, _ = extract_features(torch.nn.Sequential(backbone, projector), test_loader)
     expected = np.sort(np.linalg.eigvalsh(np.cov(features.double().numpy().T)))[::-1]
     got = np.array([float(r["embedding"]) for r in rows])
@@ -159,13 +166,14 @@ def test_linear_takes_one_checkpoint(checkpoint, tmp_path):
 def test_evaluation_leaves_the_backbone_bitwise_unchanged(checkpoint, tmp_path):
     from lightning import Trainer
 
-    from spectral_ssl.commands.train import LinearEvaluationData
+    from spectral_ssl.data import LinearEvaluationData
     from spectral_ssl.evaluation import LinearClassifier, spectrum_summary
 
     backbone, _ = load_encoder(checkpoint)
     backbone.train()  # even a backbone left in training mode
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     data = DigitsDataModule(batch_size=64)
+    data.setup("fit")
     features, _ = extract_features(backbone, data.knn_dataloaders()[0])  # kNN and spectrum extraction
     spectrum_summary(features)
     model = LinearClassifier(str(checkpoint))
@@ -251,7 +259,7 @@ def test_linear_configs_run(checkpoint, tmp_path, name):
 
 def test_bf16_extraction_is_close_to_fp32(checkpoint):
     backbone, _ = load_encoder(checkpoint)
-    loader = DigitsDataModule().knn_dataloaders(batch_size=128)[1]
+    loader = digits().knn_dataloaders(batch_size=128)[1]
     full, labels = extract_features(backbone, loader)
     half, same_labels = extract_features(backbone, loader, precision=torch.bfloat16)
     assert half.dtype == torch.float32 and torch.equal(labels, same_labels)

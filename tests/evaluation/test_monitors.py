@@ -98,3 +98,63 @@ def test_k_larger_than_the_bank_is_refused_at_the_start(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"error: knn.k=50 .* at least 50 images; this one has 40 \(knn.max_bank=40"):
         run_counting_rows(tmp_path, monkeypatch, 30, "--knn.k=50")
     assert not (tmp_path / "runs" / "30" / "checkpoints").exists()  # refused before any training
+
+
+def extraction_counts(tmp_path, monkeypatch, share: bool) -> list[int]:
+    """Rows of each held-out extraction at the one epoch end of a Trainer of one's own with the
+    three monitors (baselines off), given one HeldOutFeatures or each its own."""
+    import lightning as L
+
+    from spectral_ssl.data import DigitsDataModule
+    from spectral_ssl.evaluation import HeldOutFeatures, OnlineLinearProbe
+    from spectral_ssl.methods import INTL
+
+    rows = []
+
+    def counting(*args, **kwargs):
+        result = EXTRACTORS["extract_features"](*args, **kwargs)
+        rows.append(len(result[0]))
+        return result
+
+    monkeypatch.setattr(monitor, "extract_features", counting)
+    monitors = [
+        KNNMonitor(baselines=False, max_queries=40),
+        SpectrumMonitor(every_n_epochs=1, max_images=60),
+        OnlineLinearProbe(max_images=20),
+    ]
+    if share:
+        HeldOutFeatures.share(*monitors)
+    trainer = L.Trainer(
+        max_steps=1,
+        callbacks=monitors,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(INTL(backbone={"width": 4}, projector_dims=[16, 16]), datamodule=DigitsDataModule(batch_size=64))
+    return rows
+
+
+def test_monitors_extract_the_held_out_features_once_when_given_one_cache(tmp_path, monkeypatch):
+    """Each with its own cache, each monitor extracts its budget; given one (as the commands do),
+    the largest budget is extracted once and the others take their rows of it."""
+    assert sorted(extraction_counts(tmp_path, monkeypatch, share=False)) == [20, 40, 60]
+    assert extraction_counts(tmp_path, monkeypatch, share=True) == [60]
+
+
+def test_a_model_without_backbone_and_projector_is_refused_by_name():
+    import lightning as L
+
+    from spectral_ssl.data import DigitsDataModule
+    from spectral_ssl.evaluation import OnlineLinearProbe
+
+    class Plain(L.LightningModule):
+        pass
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    trainer.datamodule = DigitsDataModule()
+    for callback in (KNNMonitor(), SpectrumMonitor(), OnlineLinearProbe()):
+        with pytest.raises(TypeError, match="reads the model's backbone and projector; Plain has no backbone"):
+            callback.setup(trainer, Plain(), "fit")

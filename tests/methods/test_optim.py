@@ -85,3 +85,31 @@ def test_custom_norm_layers_count_as_norms_for_weight_decay():
     _, no_decay = parameter_groups(model, 1e-4, exclude_bias_and_norm=True)
     assert id(model.layer1[0].bn1.weight) in {id(p) for p in no_decay["params"]}
     assert id(model.layer1[0].act2.weight) in {id(p) for p in no_decay["params"]}
+
+
+def test_the_learning_rate_scales_with_the_linked_batch_size(tmp_path):
+    """The commands link data.batch_size to the optimizer's batch_size (pretrain) and to the linear
+    classifier's (linear); the lr is base x batch x devices x accumulation / 256. A model of one's
+    own without it scales by the datamodule's batch_size."""
+    from types import SimpleNamespace
+
+    from spectral_ssl.commands import pretrain
+    from spectral_ssl.optim import global_batch_size, scaled_lr
+
+    cli = pretrain(
+        [
+            *("--data.batch_size=64", "--trainer.accumulate_grad_batches=2", "--trainer.max_steps=1"),
+            *("--model.backbone.width=4", "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0"),
+            *("--online_probe.every_n_epochs=0", "--trainer.enable_progress_bar=false"),
+            *("--output_dir", str(tmp_path)),
+        ]
+    )
+    config = cli.model.optimizer_config
+    assert config.batch_size == 64
+    lr = cli.model.optimizers().optimizer.param_groups[0]["lr"]
+    schedule_peak = config.lr * 64 * 2 / 256
+    assert float(lr) <= schedule_peak and cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs[0] == schedule_peak
+    trainer = SimpleNamespace(world_size=4, accumulate_grad_batches=2, datamodule=SimpleNamespace(batch_size=32))
+    assert global_batch_size(trainer) == 256 and scaled_lr(0.3, trainer, batch_size=16) == 0.3 * 16 * 8 / 256
+    with pytest.raises(ValueError, match="give the per-device batch_size"):
+        global_batch_size(SimpleNamespace(world_size=1, accumulate_grad_batches=1, datamodule=None))

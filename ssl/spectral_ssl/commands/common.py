@@ -66,29 +66,93 @@ SHIPPED_CONFIGS = next(
 """The shipped configs: inside the installed package (a wheel), or the source checkout's ``configs/``."""
 
 
+def resolve_config(value: str) -> list[str]:
+    """The YAML files a ``--config`` value stands for, in the order they apply.
+
+    A shipped config's name (``cifar10/intl``, ``quickstart``, ``configs/linear/digits.yaml``, or
+    the path of a file in the shipped folder, from anywhere) is composed: its folder's
+    ``base.yaml`` (the dataset, devices, precision, monitors) when there is one, then the file
+    itself (the method: model, epochs, batch). ``<method>_<variant>`` with no file of its own is
+    ``<method>.yaml`` then the folder's ``<variant>.yaml`` (``cifar10/intl_vit_small``: ViT-Small
+    in place of the ResNet). Any other existing file, and inline YAML, is taken as given."""
+    name = shipped_name(value)
+    if name is None:
+        return [value]
+    parts = _composed(name)
+    if parts is None:
+        names = ", ".join(shipped_config_names()) if SHIPPED_CONFIGS is not None else "none found"
+        raise FileNotFoundError(f"--config {value}: no such file, nor a shipped config of that name (shipped: {names})")
+    return [str(part) for part in parts]
+
+
+def shipped_name(value: str) -> str | None:
+    """``cifar10/intl`` for any way of naming that shipped config; None for inline YAML and files
+    outside the shipped folder."""
+    if any(c in value for c in ":{\n"):
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        if SHIPPED_CONFIGS is None or SHIPPED_CONFIGS.resolve() not in path.resolve().parents:
+            return None
+        value = str(path.resolve().relative_to(SHIPPED_CONFIGS.resolve()))
+    return value.removeprefix("configs/").removesuffix(".yaml")
+
+
+def _composed(name: str) -> list[Path] | None:
+    folder, _, stem = name.rpartition("/")
+    directory = SHIPPED_CONFIGS / folder
+    base = [directory / "base.yaml"] if (directory / "base.yaml").is_file() and stem != "base" else []
+    if (directory / f"{stem}.yaml").is_file():
+        return [*base, directory / f"{stem}.yaml"]
+    words = stem.split("_")
+    for split in range(len(words) - 1, 0, -1):  # the longest method name that has a file
+        method, variant = "_".join(words[:split]), "_".join(words[split:])
+        if (
+            variant in VARIANTS
+            and (directory / f"{method}.yaml").is_file()
+            and (directory / f"{variant}.yaml").is_file()
+        ):
+            return [*base, directory / f"{method}.yaml", directory / f"{variant}.yaml"]
+    return None
+
+
 def shipped_config_names() -> list[str]:
-    return sorted(str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")) for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    """Every name ``--config`` takes: the files, and each method of a folder with each of its
+    variants (``<method>_vit_small``); base and variant files are parts, not configs."""
+    names = []
+    for folder in sorted({p.parent for p in SHIPPED_CONFIGS.rglob("*.yaml")}):
+        prefix = "" if folder == SHIPPED_CONFIGS else f"{folder.relative_to(SHIPPED_CONFIGS)}/"
+        files = sorted(p.stem for p in folder.glob("*.yaml"))
+        variants = [f for f in files if f in VARIANTS]
+        methods = [f for f in files if f != "base" and f not in VARIANTS]
+        names += [prefix + m for m in methods] + [f"{prefix}{m}_{v}" for m in methods for v in variants]
+    return sorted(names)
 
 
-def resolve_config(value: str) -> str:
-    """A ``--config`` value: a YAML file as given when it exists, else the shipped config of that
-    name (``cifar10/intl``, ``quickstart``, ``configs/linear/digits.yaml`` from anywhere). Inline
-    YAML (jsonargparse takes it too) passes through."""
-    if Path(value).is_file() or any(c in value for c in ":{\n"):
-        return value
-    name = value.removeprefix("configs/").removesuffix(".yaml")
-    if SHIPPED_CONFIGS is not None and (SHIPPED_CONFIGS / f"{name}.yaml").is_file():
-        return str(SHIPPED_CONFIGS / f"{name}.yaml")
-    names = ", ".join(shipped_config_names()) if SHIPPED_CONFIGS is not None else "none found"
-    raise FileNotFoundError(f"--config {value}: no such file, nor a shipped config of that name (shipped: {names})")
+VARIANTS = ("vit_small",)
+"""Files of a dataset folder that go on top of any of its methods (``<method>_<variant>``)."""
 
 
 class ShippedConfigFile(ActionConfigFile):
     """jsonargparse's ``--config`` action, the value passed through :func:`resolve_config` first:
-    ``--config cifar10/intl`` is the shipped config of that name from any folder."""
+    ``--config cifar10/intl`` is the shipped config of that name, composed from its files, from
+    any folder. A composed run is named after the config (``cifar10_intl``) unless a file or
+    ``--run_name`` names it."""
 
     def __call__(self, parser, cfg, values, option_string=None):
-        super().__call__(parser, cfg, resolve_config(values), option_string)
+        files = resolve_config(values)
+        if len(files) > 1 and _has_option(parser, "run_name"):
+            super().__call__(parser, cfg, f"run_name: {shipped_name(values).replace('/', '_')}", option_string)
+        for file in files:
+            super().__call__(parser, cfg, file, option_string)
+
+
+def _has_option(parser, name: str) -> bool:
+    try:
+        parser.get_default(name)
+    except KeyError:
+        return False
+    return True
 
 
 CONFIG_HELP = "a YAML file with any of these options, or a shipped config's name (cifar10/intl); may repeat"

@@ -77,6 +77,7 @@ def _setup(parser: ArgumentParser, args: list[str]):
     init = parser.instantiate_classes(config)
     if getattr(init.data, "index_cache", "") is None:  # reuse the pretraining run's file index
         init.data.index_cache = str(RunFolder.of_checkpoint(config.checkpoint).index)
+    init.data.setup("validate")  # as a Trainer would, before reading the images
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(dist.destroy_process_group)  # a live group's threads at exit can abort the process

@@ -26,9 +26,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from ..checkpoints import training_loops
-from ..data import ResumableLoader, SkippedImagesReport
+from ..data import LinearEvaluationData, ResumableLoader, SkippedImagesReport
 from ..engine import SpeedOptions
-from ..evaluation import KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
+from ..evaluation import HeldOutFeatures, KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
 from ..methods import SSLMethod
 from ..runs import (
     AtomicCheckpointIO,
@@ -161,6 +161,8 @@ class TrainCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         if self.subclass_mode_model:  # an SSLMethod: its backbone is built for the data's image size
             parser.link_arguments("data.image_size", "model.init_args.backbone.image_size", apply_on="instantiate")
+        batch_size = "model.init_args.optimizer.batch_size" if self.subclass_mode_model else "model.batch_size"
+        parser.link_arguments("data.batch_size", batch_size, apply_on="instantiate")  # the lr scaling's batch
         parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.enable_version_counter": False})
 
     def before_instantiate_classes(self) -> None:
@@ -216,6 +218,8 @@ class TrainCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(self.run.path))
         if not trainer_config.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        if self.monitors:  # one held-out feature extraction per epoch end for the three
+            HeldOutFeatures.share(*(self.config_init[name] for name in ("knn", "online_probe", "spectrum")))
         self.trainer = super().instantiate_trainer(**kwargs)
         checkpoint = self.callback(ModelCheckpoint)
         if checkpoint.dirpath is None:
@@ -319,35 +323,6 @@ def supervised(args: list[str]) -> TrainCLI:
     if cli.trainer.is_global_zero:
         print(f"supervised top-1 on the held-out split: {100 * cli.test_top1:.2f}%")
     return cli
-
-
-class LinearEvaluationData(LightningDataModule):
-    """A pretraining datamodule seen through its linear-evaluation loaders (augmented labelled
-    train images, clean validation images)."""
-
-    def __init__(self, data) -> None:
-        super().__init__()
-        self.data, self.batch_size = data, data.batch_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.data.num_classes
-
-    def setup(self, stage: str | None = None) -> None:
-        self.data.trainer = self.trainer  # its loaders shard over the processes and resume mid-epoch by it
-        self.data.setup(stage)
-
-    def train_dataloader(self):
-        return self.data.linear_dataloaders(self.batch_size)[0]
-
-    def val_dataloader(self):
-        return self.data.knn_dataloaders(self.batch_size)[1]
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        return self.data.on_before_batch_transfer(batch, dataloader_idx)
-
-    def pop_skipped(self) -> list[str]:
-        return self.data.pop_skipped()
 
 
 @reports_bad_input

@@ -1,18 +1,20 @@
 """Datasets (LightningDataModules) and the augmentation views.
 
-Each datamodule reads one on-disk format and shares the loaders of :class:`SSLDataModule`:
+Each datamodule is a data source, one on-disk format, under the loaders of :class:`SSLDataModule`
+(:mod:`.loaders`: the resumable training loader, the clean evaluation loader):
 :class:`DigitsDataModule` (built in), :class:`CIFARDataModule` (CIFAR-10/100, torchvision's
 python folder), :class:`STL10DataModule` (binary folder), :class:`ImageFolderDataModule`
 (ImageNet, ImageNet-100, any class-per-folder tree of JPEGs).
 """
 
-from .base import SkippedImagesReport, SSLDataModule
+from .base import LinearEvaluationData, ResumableDataModule, SkippedImagesReport, SSLDataModule
 from .digits import DigitsDataModule
 from .folder import ImageFileDataset, ImageFolderDataModule, UnreadableImageError
 from .index import ImageIndex
+from .loaders import ResumableLoader, evaluation_loader, training_loader
 from .subsets import balanced_order, balanced_subset
 from .tensor_sets import CIFARDataModule, STL10DataModule
-from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler, TensorImageDataset
+from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
 
 __all__ = [
     "Augmentation",
@@ -21,7 +23,9 @@ __all__ = [
     "ImageFileDataset",
     "ImageFolderDataModule",
     "ImageIndex",
+    "LinearEvaluationData",
     "MultiView",
+    "ResumableDataModule",
     "ResumableLoader",
     "SSLDataModule",
     "STL10DataModule",
@@ -31,4 +35,6 @@ __all__ = [
     "UnreadableImageError",
     "balanced_order",
     "balanced_subset",
+    "evaluation_loader",
+    "training_loader",
 ]

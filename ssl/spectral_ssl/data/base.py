@@ -1,5 +1,14 @@
-"""What every datamodule shares: the pretraining view stream, the clean evaluation loaders and
-the linear-evaluation loaders, built from one method a dataset implements (:meth:`dataset`)."""
+"""The datamodule over a data source.
+
+A dataset is a *source*: its images and labels per split (:meth:`SSLDataModule.dataset`,
+:meth:`~SSLDataModule.labels`) and its statistics (``num_classes``, ``mean``, ``std``,
+``image_size``); each format implements those and nothing else (digits, CIFAR, STL-10,
+ImageFolder). Over a source, the loaders of :mod:`.loaders`: the pretraining views
+(:meth:`~SSLDataModule.train_dataloader`, resumable mid-epoch), the linear
+protocol's augmented labelled images (:class:`LinearEvaluationData`), and one clean evaluation
+loader (:meth:`~SSLDataModule.eval_dataloader`) for the monitors, the linear protocol's validation
+and the evaluation commands. The LightningDataModule is the thin layer on top: Lightning calls
+its ``setup`` before anything reads the source."""
 
 from __future__ import annotations
 
@@ -10,10 +19,11 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
-from ..seeding import mix_seeds
-from .views import Augmentation, MultiView, ResumableLoader, SeededEpochSampler
+from .device_augment import DeviceViews
+from .loaders import ResumableLoader, evaluation_loader, training_loader
+from .views import Augmentation, MultiView
 
 log = logging.getLogger(__name__)
 Split = Literal["pretrain", "train", "test"]
@@ -30,24 +40,60 @@ class Normalize:
         return (image.float().div(255) - self.mean) / self.std
 
 
-class Skipped:
-    """Returned by a dataset in place of a sample it could not read (see :func:`collate_skipping`)."""
+class ResumableDataModule(L.LightningDataModule):
+    """A LightningDataModule whose training loader resumes mid-epoch (:class:`.loaders.ResumableLoader`):
+    it makes the loader for this process, positioned by :meth:`training_position`. It also
+    takes the paths of unreadable images out of every batch
+    (:func:`.loaders.collate_skipping`) and keeps them for :class:`SkippedImagesReport`."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[str] = []
+
+    def _training_loader(
+        self, dataset: Dataset, batch_size: int, num_workers: int, seed: int, drop_last: bool, **kwargs
+    ) -> ResumableLoader:
+        """:func:`.loaders.training_loader` of ``dataset`` for this process (its shard under DDP),
+        at the epoch the trainer is about to train (0 without one); its state is :meth:`training_position`."""
+        trainer = self.trainer
+        return training_loader(
+            dataset,
+            batch_size,
+            num_workers,
+            seed,
+            # the epoch Lightning is about to train (current_epoch lags after an end-of-epoch checkpoint)
+            epoch=trainer.fit_loop.epoch_progress.current.processed if trainer else 0,
+            processes=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            drop_last=drop_last,
+            position=self.training_position,
+            **kwargs,
+        )
+
+    def training_position(self) -> tuple[int, int]:
+        """(epoch, batches of it that finished their step): where a checkpoint written now
+        resumes. Lightning's batch progress is the one record of it (see :class:`.loaders.ResumableLoader`)."""
+        trainer = self.trainer
+        epoch, batches = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (epoch + 1, 0) if batches >= trainer.num_training_batches else (epoch, batches)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Takes out the paths of unreadable images (:func:`.loaders.collate_skipping`)."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[2], list):
+            data, labels, skipped = batch
+            self.skipped += skipped
+            if data is None:
+                raise RuntimeError(f"every image of a batch was unreadable (e.g. {skipped[0]}); check the dataset")
+            return data, labels
+        return batch
+
+    def pop_skipped(self) -> list[str]:
+        """The paths of images skipped since the last call (see :class:`SkippedImagesReport`)."""
+        skipped, self.skipped = self.skipped, []
+        return skipped
 
 
-def collate_skipping(samples: list) -> tuple:
-    """default_collate over the readable samples, plus the list of paths that were skipped:
-    ``(data, labels, skipped_paths)``. The datamodule strips the third element before the batch
-    reaches the model and counts it."""
-    good = [s for s in samples if not isinstance(s, Skipped)]
-    skipped = [s.path for s in samples if isinstance(s, Skipped)]
-    data, labels = default_collate(good) if good else (None, None)
-    return data, labels, skipped
-
-
-class SSLDataModule(L.LightningDataModule):
+class SSLDataModule(ResumableDataModule):
     """Base of the datamodules. A dataset implements :meth:`dataset` (its images for a split with a
     transform) and sets ``num_classes``, ``mean``, ``std`` and ``image_size``.
 
@@ -76,7 +122,7 @@ class SSLDataModule(L.LightningDataModule):
         super().__init__()
         self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
         self.augment, self.augment_on_device = augment, augment_on_device
-        self.skipped: list[str] = []
+        self.device_views: DeviceViews | None = None  # augment_on_device's views
 
     # --- what a dataset implements ------------------------------------------------------------
     def dataset(self, split: Split, transform: Callable | None) -> Dataset:
@@ -101,6 +147,7 @@ class SSLDataModule(L.LightningDataModule):
         return list(self.augment) if isinstance(self.augment, (list, tuple)) else [self.augment] * self.num_views
 
     def view_transforms(self) -> list[Callable]:
+        """The pretraining views in DataLoader workers: one transform per recipe."""
         return [recipe.build(self.mean, self.std) for recipe in self.view_recipes()]
 
     def eval_transform(self) -> Callable:
@@ -112,51 +159,15 @@ class SSLDataModule(L.LightningDataModule):
         return recipe.build(self.mean, self.std)
 
     # --- loaders -----------------------------------------------------------------------------
-    def _loader(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool = False,
-        collate_fn: Callable = collate_skipping,
-    ) -> DataLoader:
-        if drop_last:  # the pretraining loaders: every batch full
-            self.check_batch_size(len(dataset))  # type: ignore[arg-type]
-        trainer = self.trainer
-        sampler = SeededEpochSampler(
-            dataset,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-            shuffle=shuffle,
-            seed=self.seed,
-            drop_last=drop_last,
-        )
-        # the epoch Lightning is about to train: it sets it itself only after the first batches are drawn
-        sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
-        return ResumableLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_fn,
-            pin_memory=torch.cuda.is_available(),
-            position=self.training_position,
-        )
-
-    def training_position(self) -> tuple[int, int]:
-        """(epoch, batches of it trained so far): where a checkpoint written now resumes."""
-        trainer = self.trainer
-        epoch, batches = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return (epoch + 1, 0) if batches >= trainer.num_training_batches else (epoch, batches)
-
     def train_dataloader(self) -> DataLoader:
         if self.augment_on_device:  # the loader yields image indices; the images wait on the device
-            dataset: Dataset = _Indices(self.pretrain_tensors()[1])
+            images, labels = self.pretrain_tensors()
+            self.device_views = DeviceViews(self.view_recipes(), self.mean, self.std, self.seed, resident=images)
+            dataset: Dataset = _Indices(labels)
         else:
             dataset = self.dataset("pretrain", MultiView(self.view_transforms()))
-        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+        self.check_batch_size(len(dataset))  # type: ignore[arg-type]
+        return self._training_loader(dataset, self.batch_size, self.num_workers, self.seed, drop_last=True)
 
     def check_batch_size(self, images: int) -> None:
         """Refuses a per-device batch that cannot train: one image (BatchNorm and the whitening
@@ -176,66 +187,52 @@ class SSLDataModule(L.LightningDataModule):
             )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """``augment_on_device``: the training batch (indices) becomes V views made on the device,
-        from the uint8 set kept there, with per-image random parameters (:class:`BatchAugmentation`).
-        The generator is seeded by (seed, epoch, batch number), so a resumed run sees the same views."""
+        """``augment_on_device``: the training batch (indices, or decoded images) becomes V views
+        made on the device (:class:`~.device_augment.DeviceViews`), seeded by its position (this
+        batch's number: it is not counted yet)."""
         trainer = self.trainer
-        if not self.augment_on_device or trainer is None or not trainer.training:
+        if self.device_views is None or trainer is None or not trainer.training:
             return batch
         data, labels = batch
-        device = labels.device
-        if getattr(self, "_device_views", None) is None or self._device_views[0].mean.device != device:
-            from .device_augment import BatchAugmentation
-
-            self._device_views = [BatchAugmentation(r, self.mean, self.std).to(device) for r in self.view_recipes()]
-        images = self.device_images(data, device)
-        epoch, batch_number = self.training_position()  # this batch's number: it is not counted yet
-        seed = mix_seeds(self.seed, epoch, batch_number) % (2**63 - 1)
-        generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
-        return [augment(images, generator, host_generator) for augment in self._device_views], labels
-
-    def device_images(self, indices: Tensor, device: torch.device) -> Tensor:
-        """The images of a training batch on the device (here: picked from the resident set)."""
-        if getattr(self, "_resident", None) is None or self._resident.device != device:
-            self._resident = self.pretrain_tensors()[0].to(device)
-        return self._resident[indices]
+        return self.device_views(data, labels.device, *self.training_position()), labels
 
     def eval_dataloader(self, split: Split, batch_size: int = 512, indices: Tensor | None = None) -> DataLoader:
         """Clean (un-augmented, normalized) labelled images of ``split`` in dataset order, or only
-        those at ``indices`` (ascending: files are then read in order). Not sharded:
-        :func:`~spectral_ssl.evaluation.extract_features` shards under DDP."""
-        self.setup("fit")
-        dataset = self.dataset(split, self.eval_transform())
-        if indices is not None:
-            dataset = Subset(dataset, indices.tolist())
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate_skipping)
+        those at ``indices`` (:func:`.loaders.evaluation_loader`): the one evaluation loader."""
+        return evaluation_loader(self.dataset(split, self.eval_transform()), batch_size, self.num_workers, indices)
 
     def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
         """Clean labelled train images (a kNN bank, cached linear features) and the test images:
         :meth:`eval_dataloader` of both splits."""
         return self.eval_dataloader("train", batch_size), self.eval_dataloader("test", batch_size)
 
-    def linear_dataloaders(self, batch_size: int = 256) -> tuple[DataLoader, DataLoader]:
-        """The linear-evaluation protocol: augmented labelled train images (shuffled per epoch,
-        sharded under DDP) and the clean test images."""
-        self.setup("fit")
-        train = self._loader(self.dataset("train", self.linear_train_transform()), batch_size, shuffle=True)
-        return train, self.knn_dataloaders(batch_size)[1]
 
-    # --- unreadable images -------------------------------------------------------------------
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[2], list):
-            data, labels, skipped = batch
-            self.skipped += skipped
-            if data is None:
-                raise RuntimeError(f"every image of a batch was unreadable (e.g. {skipped[0]}); check the dataset")
-            return data, labels
-        return batch
+class LinearEvaluationData(ResumableDataModule):
+    """A datamodule's images through the linear-evaluation protocol (``spectral-ssl linear``):
+    augmented labelled train images (:meth:`SSLDataModule.linear_train_transform`; shuffled per
+    epoch, sharded under DDP, resumable) and the clean validation images
+    (:meth:`SSLDataModule.eval_dataloader`). ``batch_size``: per device (default: the dataset's)."""
 
-    def pop_skipped(self) -> list[str]:
-        """The paths of images skipped since the last call (see :class:`SkippedImagesReport`)."""
-        skipped, self.skipped = self.skipped, []
-        return skipped
+    def __init__(self, data: SSLDataModule, batch_size: int | None = None) -> None:
+        super().__init__()
+        self.data, self.batch_size = data, batch_size or data.batch_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def prepare_data(self) -> None:
+        self.data.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.data.setup(stage)
+
+    def train_dataloader(self) -> ResumableLoader:
+        dataset = self.data.dataset("train", self.data.linear_train_transform())
+        return self._training_loader(dataset, self.batch_size, self.data.num_workers, self.data.seed, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.data.eval_dataloader("test", self.batch_size)
 
 
 class SkippedImagesReport(L.Callback):

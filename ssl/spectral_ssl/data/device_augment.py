@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..seeding import mix_seeds
 from .cpu_augment import blur_kernel_size
 from .views import Augmentation
 
@@ -238,3 +239,34 @@ class BatchAugmentation(nn.Module):
             elif name == "hue" and hue:
                 out = adjust_hue(out, f)
         return torch.where(apply.view(-1, 1, 1, 1), out, x)
+
+
+class DeviceViews:
+    """The training views of ``augment_on_device``: one :class:`BatchAugmentation` per recipe,
+    moved to the training device with the batch, drawing from a generator seeded by (``seed``,
+    epoch, batch number), so a resumed run sees the same views. ``resident``: the whole
+    pretraining set as uint8 (N, 3, H, W), moved to the device at the first batch, when the
+    batches carry image indices; None when they carry the images (decoded JPEGs)."""
+
+    def __init__(
+        self,
+        recipes: Sequence[Augmentation],
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        resident: Tensor | None = None,
+    ) -> None:
+        self.augmentations = nn.ModuleList(BatchAugmentation(recipe, mean, std) for recipe in recipes)
+        self.seed, self.resident = seed, resident
+
+    def __call__(self, data: Tensor | list[Tensor], device: torch.device, epoch: int, batch: int) -> list[Tensor]:
+        """The views (V tensors (N, 3, size, size)) of batch ``batch`` of ``epoch``: ``data`` are
+        the indices into :attr:`resident`, or the images themselves."""
+        self.augmentations.to(device)
+        if self.resident is not None:
+            if self.resident.device != device:
+                self.resident = self.resident.to(device)
+            data = self.resident[data]
+        seed = mix_seeds(self.seed, epoch, batch) % (2**63 - 1)
+        generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
+        return [augment(data, generator, host_generator) for augment in self.augmentations]

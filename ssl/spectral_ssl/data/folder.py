@@ -15,9 +15,11 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_dtype
 
-from .base import Normalize, Skipped, Split, SSLDataModule
+from .base import Normalize, Split, SSLDataModule
 from .cpu_augment import DecodeError
+from .device_augment import DeviceViews
 from .index import ImageIndex
+from .loaders import Skipped
 from .views import Augmentation, apply_seeded
 
 log = logging.getLogger(__name__)
@@ -232,13 +234,11 @@ class ImageFolderDataModule(SSLDataModule):
     def train_dataloader(self):
         if not self.augment_on_device:
             return super().train_dataloader()
-        self.setup()
-        return self._loader(
-            EncodedImageDataset(self.samples["train"], self.on_corrupt),
-            self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=collate_encoded,
+        self.device_views = DeviceViews(self.view_recipes(), self.mean, self.std, self.seed)
+        dataset = EncodedImageDataset(self.samples["train"], self.on_corrupt)
+        self.check_batch_size(len(dataset))
+        return self._training_loader(
+            dataset, self.batch_size, self.num_workers, self.seed, drop_last=True, collate_fn=collate_encoded
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -250,6 +250,3 @@ class ImageFolderDataModule(SSLDataModule):
         images, kept = decode_images(encoded, paths, device, self.on_corrupt)
         self.skipped += [paths[i] for i in sorted(set(range(len(paths))) - set(kept))]
         return images, labels[kept]
-
-    def device_images(self, images, device):
-        return images  # already decoded on the device (on_before_batch_transfer)

@@ -3,7 +3,7 @@
 The stream of training views depends only on (seed, epoch, sample index): the sampler draws the
 shuffle order from (seed, epoch), and each sample's augmentation draws its parameters from its own
 generator, seeded by them (:mod:`spectral_ssl.data.cpu_augment`).
-A run resumed from a checkpoint, mid-epoch included (:class:`ResumableLoader`), therefore sees
+A run resumed from a checkpoint, mid-epoch included (:class:`~.loaders.ResumableLoader`), therefore sees
 exactly the data it would have seen, whatever the number of DataLoader workers.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from ..seeding import mix_seeds
 from .cpu_augment import PILAugmentation, make_views
@@ -110,42 +110,3 @@ class SeededEpochSampler(DistributedSampler):
         start, self.start = self.start, 0
         for index in itertools.islice(super().__iter__(), start, None):
             yield index, (base + index) % (2**63 - 1)
-
-
-class ResumableLoader(DataLoader):
-    """A training DataLoader over a :class:`SeededEpochSampler` that a checkpoint can resume
-    mid-epoch, through Lightning's ``state_dict``/``load_state_dict`` interface for dataloaders.
-
-    Its state is the trainer's position (``position()``: epoch and batches trained in it) with the
-    batch size and number of processes it was counted in; loading it (Lightning does, before the
-    first batch is drawn) makes the sampler start that epoch after those batches, so a run killed
-    at any step and resumed trains on the batches an uninterrupted run would have.
-    """
-
-    def __init__(self, *args, position: Callable[[], tuple[int, int]], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.position = position
-
-    def state_dict(self) -> dict[str, int]:
-        epoch, batches = self.position()
-        return {
-            "epoch": epoch,
-            "batches": batches,
-            "batch_size": self.batch_size,
-            "processes": self.sampler.num_replicas,
-        }
-
-    @staticmethod
-    def check_layout(state: dict[str, int], batch_size: int, processes: int) -> None:
-        """Refuses to resume a mid-epoch ``state`` with another batch size or number of processes."""
-        if state["batches"] and (state["batch_size"], state["processes"]) != (batch_size, processes):
-            raise ValueError(
-                f"the checkpoint was written mid-epoch by {state['processes']} process(es) x "
-                f"{state['batch_size']} images per batch; it resumes only with the same, not "
-                f"{processes} x {batch_size} (resume from an end-of-epoch checkpoint to change them)"
-            )
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.check_layout(state, self.batch_size, self.sampler.num_replicas)
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = state["batches"] * self.batch_size

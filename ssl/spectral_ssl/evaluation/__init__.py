@@ -4,13 +4,14 @@ features, or the ImageNet protocol), the eigen-spectrum, and callbacks for pretr
 from .features import FeatureFile, apply_in_batches, evaluating, extract_features, extract_shard
 from .knn import PROTOCOLS, knn_accuracy, knn_predict
 from .linear import LinearClassifier, linear_probe
-from .monitor import KNNMonitor, OnlineLinearProbe, SpectrumMonitor
+from .monitor import HeldOutFeatures, KNNMonitor, OnlineLinearProbe, Representation, SpectrumMonitor
 from .spectrum import (
     condition_number,
     covariance_spectrum,
     effective_rank,
     numerical_rank,
     plot_spectra,
+    publish_spectra,
     rankme,
     spectrum_summary,
     write_spectra,
@@ -18,11 +19,13 @@ from .spectrum import (
 
 __all__ = [
     "FeatureFile",
+    "HeldOutFeatures",
     "KNNMonitor",
     "extract_shard",
     "LinearClassifier",
     "OnlineLinearProbe",
     "PROTOCOLS",
+    "Representation",
     "apply_in_batches",
     "SpectrumMonitor",
     "condition_number",
@@ -35,6 +38,7 @@ __all__ = [
     "linear_probe",
     "numerical_rank",
     "plot_spectra",
+    "publish_spectra",
     "rankme",
     "spectrum_summary",
     "write_spectra",

@@ -185,7 +185,8 @@ class LinearClassifier(L.LightningModule):
     ``checkpoint``: a pretraining checkpoint (``.ckpt``) or an exported backbone
     (``backbone.safetensors`` / ``backbone.pth``); the ``linear`` command also takes it as its
     positional argument, hence optional here (None: a ValueError). ``num_classes``: taken from
-    the datamodule when left out. Top-1 and top-5 are torchmetrics' counts over the whole
+    the datamodule when left out. ``batch_size``: per device, for the lr scaling (the command
+    links ``data.batch_size``; None: the datamodule's). Top-1 and top-5 are torchmetrics' counts over the whole
     validation set and every process.
     """
 
@@ -197,6 +198,7 @@ class LinearClassifier(L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         milestones: Sequence[int] = (60, 80),
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if checkpoint is None:
@@ -216,9 +218,8 @@ class LinearClassifier(L.LightningModule):
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
 
     def setup(self, stage: str) -> None:
-        if self.classifier is None:
+        if self.classifier is None:  # Lightning has set the datamodule up (its setup runs first)
             datamodule = self.trainer.datamodule
-            datamodule.setup(stage)
             self._build_classifier(datamodule.num_classes)
             self.hparams.num_classes = datamodule.num_classes
 
@@ -251,7 +252,7 @@ class LinearClassifier(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(
             self.classifier.parameters(),
-            lr=scaled_lr(self.hparams.lr, self.trainer),
+            lr=scaled_lr(self.hparams.lr, self.trainer, self.hparams.get("batch_size")),
             momentum=self.hparams.momentum,
             weight_decay=self.hparams.weight_decay,
         )

@@ -5,7 +5,8 @@
 does not grow with the dataset: the kNN bank holds at most ``max_bank`` clean training images and
 the held-out queries at most ``max_queries``; the spectrum and the online probe's evaluation use at
 most ``max_images`` held-out images. The held-out features are extracted once per epoch end and
-model for all three monitors (the largest budget; the others take their part of it).
+model for all three monitors when they share one :class:`HeldOutFeatures` (the commands give them one;
+the largest budget, the others take their part of it).
 ``every_n_epochs: 0`` turns a monitor off.
 
 **DDP.** Extraction is sharded over the ranks; the kNN bank stays sharded (each rank holds and
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -34,7 +35,7 @@ from ..distributed import total_over_ranks, world_size
 from ..spectral import full_precision
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import PROTOCOLS, knn_accuracy
-from .spectrum import covariance_spectrum, plot_spectra, spectrum_summary, write_spectra
+from .spectrum import covariance_spectrum, publish_spectra, spectrum_summary
 
 # Lightning suggests sync_dist for epoch-level metrics under DDP; ours are equal on every rank by construction
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(knn|online|spectrum|data)/")
@@ -62,45 +63,66 @@ def _check_budget(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive number of images or null (all of them), not {value}")
 
 
-class HeldOutFeatures:
-    """The clean held-out images' features, shared by the monitors of one trainer. Each monitor
-    states its budget at setup (:meth:`request`); the first to ask at an epoch end extracts, for
-    the current (step, model), the balanced subset of the largest budget once, and every monitor
-    gets the rows of its own subset (a prefix of the same balanced order, so a part of what was
-    extracted). The first monitor set up with a trainer creates it; the others find it on that
-    monitor among the trainer's callbacks (:meth:`shared`)."""
+@runtime_checkable
+class Representation(Protocol):
+    """What the monitors read of a model: ``backbone`` (images (N, 3, H, W) -> features (N, D),
+    with ``feature_dim`` D) and ``projector`` (features -> embeddings; the spectrum's second
+    curve). Every :class:`~spectral_ssl.methods.SSLMethod` has both."""
 
-    def __init__(self, trainer: L.Trainer) -> None:
-        self.trainer = trainer
+    backbone: nn.Module
+    projector: nn.Module
+
+
+def _representation(pl_module: L.LightningModule, who: str) -> Representation:
+    if not isinstance(pl_module, Representation):
+        raise TypeError(
+            f"{who} reads the model's backbone and projector; {type(pl_module).__name__} has no "
+            "backbone/projector (or turn the monitor off: every_n_epochs=0)"
+        )
+    return pl_module
+
+
+class HeldOutFeatures:
+    """The clean held-out images' features, shared by monitors. Each monitor states its budget
+    at setup (:meth:`request`); the first to ask at an epoch end extracts, for the current (step,
+    model), the balanced subset of the largest budget once, and every monitor gets the rows of its
+    own subset (a prefix of the same balanced order, so a part of what was extracted).
+
+    Every monitor starts with one of its own; the training commands give one to all of theirs
+    (:meth:`share`). With a Trainer of your own, ``HeldOutFeatures.share(knn, probe, spectrum)``
+    does the same (else each monitor extracts its own subset)."""
+
+    def __init__(self) -> None:
         self.budgets: dict[str, int | None] = {}
         self.key: tuple | None = None
 
     @classmethod
-    def shared(cls, trainer: L.Trainer) -> HeldOutFeatures:
-        """The instance a monitor of ``trainer`` already holds, else a new one."""
-        for callback in trainer.callbacks:
-            held_out = getattr(callback, "held_out", None)
-            if isinstance(held_out, cls) and held_out.trainer is trainer:
-                return held_out
-        return cls(trainer)
+    def share(cls, *monitors: _HeldOutMonitor) -> HeldOutFeatures:
+        """One instance, given to each of ``monitors``."""
+        held_out = cls()
+        for monitor in monitors:
+            monitor.held_out = held_out
+        return held_out
 
     def request(self, who: str, budget: int | None) -> None:
         self.budgets[who] = budget
 
-    def _positions(self, budget: int | None) -> Tensor:
-        datamodule = self.trainer.datamodule
+    @staticmethod
+    def _positions(datamodule, budget: int | None) -> Tensor:
         return balanced_subset(datamodule.labels("test"), budget, getattr(datamodule, "seed", 0))
 
-    def get(self, model, device, budget: int | None) -> tuple[Tensor, Tensor]:
+    def get(self, trainer: L.Trainer, model: nn.Module, device, budget: int | None) -> tuple[Tensor, Tensor]:
+        """(features (N, D), labels (N,)) of ``model`` on at most ``budget`` held-out images of
+        ``trainer``'s datamodule, on the CPU; extracted once per (step, model) for all budgets."""
         budgets = list(self.budgets.values()) or [budget]
         largest = None if None in budgets else max(budgets)
-        key = (self.trainer.global_step, id(model), largest)
+        key = (trainer.global_step, id(model), largest)
         if self.key != key:
-            positions = self._positions(largest)
-            loader = self.trainer.datamodule.eval_dataloader("test", indices=positions)
+            positions = self._positions(trainer.datamodule, largest)
+            loader = trainer.datamodule.eval_dataloader("test", indices=positions)
             self.key, self.positions = key, positions
             self.features = extract_features(model, loader, device)
-        wanted = self._positions(budget)
+        wanted = self._positions(trainer.datamodule, budget)
         if len(wanted) == len(self.positions):
             return self.features
         rows = torch.searchsorted(self.positions, wanted)
@@ -108,13 +130,11 @@ class HeldOutFeatures:
 
 
 class _HeldOutMonitor(L.Callback):
-    """A monitor that reads the shared :class:`HeldOutFeatures` of its trainer."""
+    """A monitor that reads held-out features through a :class:`HeldOutFeatures` (its own, or
+    one shared with other monitors)."""
 
-    held_out: HeldOutFeatures | None = None
-
-    def _join(self, trainer: L.Trainer, who: str, budget: int | None) -> None:
-        self.held_out = HeldOutFeatures.shared(trainer)
-        self.held_out.request(who, budget)
+    def __init__(self) -> None:
+        self.held_out = HeldOutFeatures()
 
 
 class RawPixels(nn.Module):
@@ -156,6 +176,7 @@ class KNNMonitor(_HeldOutMonitor):
         raw_pixels_size: int = 32,
         baselines: bool = True,
     ) -> None:
+        super().__init__()
         _check_budget("knn.max_bank", max_bank)
         _check_budget("knn.max_queries", max_queries)
         self.k, self.temperature, self.every_n_epochs = k, temperature, every_n_epochs
@@ -178,7 +199,8 @@ class KNNMonitor(_HeldOutMonitor):
         if not self.enabled:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "KNNMonitor")
-        self._join(trainer, "knn", self.max_queries)
+        _representation(pl_module, "KNNMonitor")
+        self.held_out.request("knn", self.max_queries)
         available = len(trainer.datamodule.labels("train"))
         bank = available if self.max_bank is None else min(self.max_bank, available)
         if bank < max(self.k, 5):  # refused now, not at the first epoch's end
@@ -193,7 +215,7 @@ class KNNMonitor(_HeldOutMonitor):
         bank_indices = balanced_subset(datamodule.labels("train"), self.max_bank, getattr(datamodule, "seed", 0))
         bank_loader = datamodule.eval_dataloader("train", indices=bank_indices)
         bank, bank_labels, _ = extract_shard(model, bank_loader, device, out_device=device)
-        queries, query_labels = self.held_out.get(model, device, self.max_queries)
+        queries, query_labels = self.held_out.get(trainer, model, device, self.max_queries)
         queries = queries.to(device)
         self.sizes = (total_over_ranks(len(bank)), len(queries))  # images read: unreadable files left out
         self.results[name] = knn_accuracy(
@@ -258,6 +280,7 @@ class SpectrumMonitor(_HeldOutMonitor):
     the training device."""
 
     def __init__(self, every_n_epochs: int = 5, max_images: int | None = 10_000, folder: str | None = None) -> None:
+        super().__init__()
         _check_budget("spectrum.max_images", max_images)
         self.every_n_epochs, self.max_images, self.folder = every_n_epochs, max_images, folder
 
@@ -265,10 +288,11 @@ class SpectrumMonitor(_HeldOutMonitor):
         if self.every_n_epochs <= 0:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "SpectrumMonitor")
-        self._join(trainer, "spectrum", self.max_images)
+        representation = _representation(pl_module, "SpectrumMonitor")
+        self.held_out.request("spectrum", self.max_images)
         available = len(trainer.datamodule.labels("test"))
         images = available if self.max_images is None else min(self.max_images, available)
-        widths = [pl_module.backbone.feature_dim, getattr(pl_module.projector, "out_dim", 0)]
+        widths = [representation.backbone.feature_dim, getattr(representation.projector, "out_dim", 0)]
         if images <= max(widths):
             rank_zero_info(
                 f"SpectrumMonitor: {images} held-out images for features of width {max(widths)}: "
@@ -278,27 +302,36 @@ class SpectrumMonitor(_HeldOutMonitor):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
+        spectra, summaries, images = self.measure(trainer, pl_module)
+        for name, summary in summaries.items():
+            for key, value in summary.items():
+                if key != "dim":
+                    pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
+        if trainer.is_global_zero:
+            epoch, step = trainer.current_epoch, trainer.global_step
+            run = f"{Path(self.folder).parent.name}: " if self.folder else ""
+            publish_spectra(
+                spectra,
+                summaries,
+                f"{run}epoch {epoch + 1}, step {step}, {images:,} images",
+                images,
+                step,
+                experiment=getattr(trainer.logger, "experiment", None),
+                out_dir=Path(self.folder) / f"epoch={epoch}" if self.folder else None,
+            )
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, dict, int]:
+        """(spectra, summaries, images): the eigenvalues (descending, on the CPU) and
+        :func:`~.spectrum.spectrum_summary` of the backbone features and of the embedding, by name."""
         device = pl_module.device
-        features, _ = self.held_out.get(pl_module.backbone, device, self.max_images)
+        features, _ = self.held_out.get(trainer, pl_module.backbone, device, self.max_images)
         embedding = apply_in_batches(pl_module.projector, features, device)
         spectra, summaries = {}, {}
         for name, values in (("backbone", features), ("embedding", embedding)):
             values = values.to(device)
             spectra[name] = covariance_spectrum(values).cpu()
             summaries[name] = spectrum_summary(values, spectra[name])
-            for key, value in summaries[name].items():
-                if key != "dim":
-                    pl_module.log(f"spectrum/{name}/{key}", value)  # the same on every rank: no sync_dist
-        if trainer.is_global_zero:
-            epoch, step = trainer.current_epoch, trainer.global_step
-            run = f"{Path(self.folder).parent.name}: " if self.folder else ""
-            title = f"{run}epoch {epoch + 1}, step {step}, {len(features):,} images"
-            figure = plot_spectra(spectra, title, num_samples=len(features), summaries=summaries)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):  # rendered into the event file now
-                experiment.add_figure("spectrum", figure, global_step=step, close=False)
-            if self.folder:  # whatever the logger
-                write_spectra(spectra, Path(self.folder) / f"epoch={epoch}", figure=figure)
+        return spectra, summaries, len(features)
 
 
 class OnlineLinearProbe(_HeldOutMonitor):
@@ -318,6 +351,7 @@ class OnlineLinearProbe(_HeldOutMonitor):
         every_n_epochs: int = 1,
         max_images: int | None = 10_000,
     ) -> None:
+        super().__init__()
         _check_budget("online_probe.max_images", max_images)
         self.lr, self.momentum, self.weight_decay, self.every_n_epochs = lr, momentum, weight_decay, every_n_epochs
         self.max_images = max_images
@@ -327,11 +361,9 @@ class OnlineLinearProbe(_HeldOutMonitor):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0:
             return
-        self._join(trainer, "online_probe", self.max_images)
-        num_classes = getattr(trainer.datamodule, "num_classes", None)
-        if num_classes is None:
-            trainer.datamodule.setup(stage)
-            num_classes = trainer.datamodule.num_classes
+        _representation(pl_module, "OnlineLinearProbe")
+        self.held_out.request("online_probe", self.max_images)
+        num_classes = trainer.datamodule.num_classes  # set up: Lightning sets the datamodule up first
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.classifier = nn.Linear(pl_module.backbone.feature_dim, num_classes)
@@ -372,7 +404,7 @@ class OnlineLinearProbe(_HeldOutMonitor):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _every(trainer, self.every_n_epochs):
             return
-        features, labels = self.held_out.get(pl_module.backbone, pl_module.device, self.max_images)
+        features, labels = self.held_out.get(trainer, pl_module.backbone, pl_module.device, self.max_images)
         with torch.no_grad():
             predictions = self.classifier(features.to(pl_module.device)).argmax(1).cpu()
         self.top1 = (predictions == labels).float().mean().item()

@@ -123,3 +123,25 @@ def write_spectra(
         for i in range(longest):
             writer.writerow([i + 1, *(repr(float(spectra[n][i])) if i < len(spectra[n]) else "" for n in names)])
     return png, path
+
+
+def publish_spectra(
+    spectra: Mapping[str, Tensor],
+    summaries: Mapping[str, Mapping[str, float]],
+    title: str,
+    num_samples: int,
+    step: int,
+    experiment=None,
+    out_dir: str | Path | None = None,
+) -> None:
+    """The plot of ``spectra`` (:func:`plot_spectra`) added to TensorBoard at ``step`` when
+    ``experiment`` is a SummaryWriter (a TensorBoardLogger's ``experiment``), and written with
+    the CSV to ``out_dir`` (:func:`write_spectra`) when one is given; nothing else is needed of
+    the caller (the spectrum monitor computes, this writes)."""
+    figure = plot_spectra(spectra, title, num_samples=num_samples, summaries=summaries)
+    if hasattr(experiment, "add_figure"):  # rendered into the event file now
+        experiment.add_figure("spectrum", figure, global_step=step, close=False)
+    if out_dir is not None:
+        write_spectra(spectra, out_dir, figure=figure)
+    else:
+        pyplot().close(figure)

@@ -194,7 +194,7 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self):
         config = self.optimizer_config
-        optimizer = build_optimizer(self, config, scaled_lr(config.lr, self.trainer))
+        optimizer = build_optimizer(self, config, scaled_lr(config.lr, self.trainer, config.batch_size))
         # planned at train start: estimated_stepping_batches here would build the training loader before a
         # checkpoint is restored, and Lightning would then never resume it mid-epoch (Lightning issue #20550)
         scheduler = WarmupCosine(optimizer, min_lr_ratio=config.min_lr_ratio)

@@ -34,11 +34,9 @@ def command_arguments(config: str, out: Path, run_name: str, seed: int, epochs: 
     """The options every experiment run through the product's commands shares: the shipped
     ``config``, its run folder ``out/runs/<run_name>`` started afresh, ``seed``, ``epochs`` (0: the
     quick budget, 1 epoch of 2 batches), no progress bar nor model summary."""
-    from ...commands.common import resolve_config
-
     return [
         *(["--trainer.limit_train_batches=2"] if epochs == 0 else []),
-        *("--config", resolve_config(config), "--output_dir", str(out / "runs"), "--run_name", run_name),
+        *("--config", config, "--output_dir", str(out / "runs"), "--run_name", run_name),
         *("--resume=false", "--overwrite=true", f"--seed_everything={seed}", f"--trainer.max_epochs={max(epochs, 1)}"),
         *("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"),
     ]
