@@ -51,12 +51,31 @@ def test_a_composed_config_is_named_after_itself_unless_told(tmp_path, capsys):
     for args, run_name in (
         (["--config", "cifar10/intl_vit_small"], "cifar10_intl_vit_small"),
         (["--config", "imagenet/intl_multicrop"], "imagenet_intl_multicrop"),
+        (["--config", "./cifar10/intl"], "cifar10_intl"),
         (["--config", "cifar10/intl", "--run_name", "mine"], "mine"),
+        (["--run_name", "mine", "--config", "cifar10/intl"], "mine"),
         (["--config", "quickstart"], "quickstart"),  # its file names it
     ):
         with pytest.raises(SystemExit):
             pretrain([*args, "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["run_name"] == run_name
+
+
+def test_a_copied_method_file_needs_its_base(tmp_path, capsys):
+    """A copy of a method file alone names no dataset: refused (it would train on the digits);
+    with its base before it, it is the shipped config."""
+    mine = tmp_path / "my_intl.yaml"
+    mine.write_text((ROOT / "configs" / "cifar10" / "intl.yaml").read_text())
+    with pytest.raises(SystemExit, match="^error: --config .*my_intl.yaml sets data.init_args but names no datamodule"):
+        pretrain(["--config", str(mine), "--print_config"])
+    printed = []
+    for args in (["--config", "cifar10/base", "--config", str(mine)], ["--config", "cifar10/intl"]):
+        with pytest.raises(SystemExit):
+            pretrain([*args, "--run_name", "same", "--print_config"])
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    assert printed[0] == printed[1]
+    with pytest.raises(FileNotFoundError, match="no such file, nor a shipped config"):
+        resolve_config(str(tmp_path / "nowhere.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -156,5 +156,33 @@ def test_a_model_without_backbone_and_projector_is_refused_by_name():
     trainer = L.Trainer(logger=False, enable_progress_bar=False)
     trainer.datamodule = DigitsDataModule()
     for callback in (KNNMonitor(), SpectrumMonitor(), OnlineLinearProbe()):
-        with pytest.raises(TypeError, match="reads the model's backbone and projector; Plain has no backbone"):
+        with pytest.raises(TypeError, match="reads the model's backbone.*; Plain has no backbone"):
             callback.setup(trainer, Plain(), "fit")
+
+    class BackboneOnly(L.LightningModule):  # enough for the kNN monitor and the probe, not the spectrum
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Flatten()
+            self.backbone.feature_dim = 768
+
+    KNNMonitor().setup(trainer, BackboneOnly(), "fit")
+    with pytest.raises(TypeError, match="reads the model's backbone and projector; BackboneOnly has no projector"):
+        SpectrumMonitor().setup(trainer, BackboneOnly(), "fit")
+
+
+def test_a_shared_cache_never_serves_another_fits_features(tmp_path):
+    """Monitors reused by a second Trainer (same model, the step count again at 0) extract anew."""
+    import lightning as L
+
+    from spectral_ssl.data import DigitsDataModule
+    from spectral_ssl.evaluation import HeldOutFeatures
+
+    held_out = HeldOutFeatures()
+    held_out.request("spectrum", 20)
+    model, data = torch.nn.Flatten(), DigitsDataModule()
+    data.setup("fit")
+    first, second = (L.Trainer(logger=False, default_root_dir=str(tmp_path)) for _ in range(2))
+    first.datamodule = second.datamodule = data
+    features = held_out.get(first, model, "cpu", 20)
+    assert held_out.get(first, model, "cpu", 20) is features  # the same (trainer, step, model): reused
+    assert held_out.get(second, model, "cpu", 20) is not features

@@ -11,6 +11,7 @@ import functools
 import importlib
 import logging
 import os
+import posixpath
 import sys
 import warnings
 from argparse import ArgumentError
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from ..data import UnreadableImageError
@@ -74,46 +76,45 @@ def resolve_config(value: str) -> list[str]:
     ``base.yaml`` (the dataset, devices, precision, monitors) when there is one, then the file
     itself (the method: model, epochs, batch). ``<method>_<variant>`` with no file of its own is
     ``<method>.yaml`` then the folder's ``<variant>.yaml`` (``cifar10/intl_vit_small``: ViT-Small
-    in place of the ResNet). Any other existing file, and inline YAML, is taken as given."""
+    in place of the ResNet). A part alone (``cifar10/base``) is that file. Any other existing
+    file, and inline YAML, is taken as given."""
     name = shipped_name(value)
     if name is None:
         return [value]
-    parts = _composed(name)
-    if parts is None:
-        names = ", ".join(shipped_config_names()) if SHIPPED_CONFIGS is not None else "none found"
-        raise FileNotFoundError(f"--config {value}: no such file, nor a shipped config of that name (shipped: {names})")
-    return [str(part) for part in parts]
+    if name in shipped_config_names():
+        return [str(part) for part in _composed(name)]
+    if (SHIPPED_CONFIGS / f"{name}.yaml").is_file():  # a part: a base or a variant file
+        return [str(SHIPPED_CONFIGS / f"{name}.yaml")]
+    names = ", ".join(shipped_config_names())
+    raise FileNotFoundError(f"--config {value}: no such file, nor a shipped config of that name (shipped: {names})")
 
 
 def shipped_name(value: str) -> str | None:
-    """``cifar10/intl`` for any way of naming that shipped config; None for inline YAML and files
-    outside the shipped folder."""
+    """``cifar10/intl`` for any way of naming a shipped config (or a part of one); None for
+    inline YAML and for files outside the shipped folder."""
     if any(c in value for c in ":{\n"):
         return None
     path = Path(value).expanduser()
     if path.is_file():
         if SHIPPED_CONFIGS is None or SHIPPED_CONFIGS.resolve() not in path.resolve().parents:
             return None
-        value = str(path.resolve().relative_to(SHIPPED_CONFIGS.resolve()))
-    return value.removeprefix("configs/").removesuffix(".yaml")
+        value = path.resolve().relative_to(SHIPPED_CONFIGS.resolve()).as_posix()
+    elif SHIPPED_CONFIGS is None:
+        raise FileNotFoundError(f"--config {value}: no such file (and no shipped configs were found)")
+    return posixpath.normpath(value).removeprefix("configs/").removesuffix(".yaml")
 
 
-def _composed(name: str) -> list[Path] | None:
+def _composed(name: str) -> list[Path]:
+    """The files of a name of :func:`shipped_config_names`."""
     folder, _, stem = name.rpartition("/")
     directory = SHIPPED_CONFIGS / folder
-    base = [directory / "base.yaml"] if (directory / "base.yaml").is_file() and stem != "base" else []
+    base = [directory / "base.yaml"] if (directory / "base.yaml").is_file() else []
     if (directory / f"{stem}.yaml").is_file():
         return [*base, directory / f"{stem}.yaml"]
-    words = stem.split("_")
-    for split in range(len(words) - 1, 0, -1):  # the longest method name that has a file
-        method, variant = "_".join(words[:split]), "_".join(words[split:])
-        if (
-            variant in VARIANTS
-            and (directory / f"{method}.yaml").is_file()
-            and (directory / f"{variant}.yaml").is_file()
-        ):
-            return [*base, directory / f"{method}.yaml", directory / f"{variant}.yaml"]
-    return None
+    method, variant = next(
+        (stem[: -len(v) - 1], v) for v in VARIANTS if stem.endswith(f"_{v}") and (directory / f"{v}.yaml").is_file()
+    )
+    return [*base, directory / f"{method}.yaml", directory / f"{variant}.yaml"]
 
 
 def shipped_config_names() -> list[str]:
@@ -136,15 +137,38 @@ VARIANTS = ("vit_small",)
 class ShippedConfigFile(ActionConfigFile):
     """jsonargparse's ``--config`` action, the value passed through :func:`resolve_config` first:
     ``--config cifar10/intl`` is the shipped config of that name, composed from its files, from
-    any folder. A composed run is named after the config (``cifar10_intl``) unless a file or
-    ``--run_name`` names it."""
+    any folder. A composed run is named after the config (``cifar10_intl``) unless one of its
+    files or an earlier ``--run_name`` names it (a later ``--run_name`` wins as any later option).
+
+    A file outside the shipped folder that sets ``data.init_args`` but names no datamodule, when
+    none is named before it (a copy of a method file given alone), is refused: it would
+    otherwise train on the default digits."""
 
     def __call__(self, parser, cfg, values, option_string=None):
         files = resolve_config(values)
-        if len(files) > 1 and _has_option(parser, "run_name"):
+        if len(files) > 1 and _has_option(parser, "run_name") and cfg.get("run_name") == parser.get_default("run_name"):
             super().__call__(parser, cfg, f"run_name: {shipped_name(values).replace('/', '_')}", option_string)
+        if len(files) == 1 and shipped_name(values) is None:
+            _refuse_a_dataset_without_class(values, cfg)
         for file in files:
             super().__call__(parser, cfg, file, option_string)
+
+
+def _refuse_a_dataset_without_class(value: str, cfg) -> None:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return
+    try:
+        data = (yaml.safe_load(path.read_text()) or {}).get("data")
+    except (yaml.YAMLError, AttributeError):
+        return  # jsonargparse reports what is wrong with the file
+    named = cfg.get("data.class_path") if isinstance(cfg.get("data"), Namespace) else None
+    if isinstance(data, dict) and "init_args" in data and "class_path" not in data and not named:
+        raise ValueError(
+            f"--config {value} sets data.init_args but names no datamodule, and no config before it does (a "
+            "method file alone has no dataset): give its dataset's base first, e.g. --config cifar10/base "
+            f"--config {value}, or add data.class_path to it"
+        )
 
 
 def _has_option(parser, name: str) -> bool:

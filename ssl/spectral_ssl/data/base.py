@@ -2,8 +2,9 @@
 
 A dataset is a *source*: its images and labels per split (:meth:`SSLDataModule.dataset`,
 :meth:`~SSLDataModule.labels`) and its statistics (``num_classes``, ``mean``, ``std``,
-``image_size``); each format implements those and nothing else (digits, CIFAR, STL-10,
-ImageFolder). Over a source, the loaders of :mod:`.loaders`: the pretraining views
+``image_size``); each format implements those (digits, CIFAR, STL-10, ImageFolder), plus what
+is its own: reading its files in ``setup``, its evaluation resize, ImageFolder's decoding of
+JPEGs on the device. Over a source, the loaders of :mod:`.loaders`: the pretraining views
 (:meth:`~SSLDataModule.train_dataloader`, resumable mid-epoch), the linear
 protocol's augmented labelled images (:class:`LinearEvaluationData`), and one clean evaluation
 loader (:meth:`~SSLDataModule.eval_dataloader`) for the monitors, the linear protocol's validation
@@ -61,12 +62,12 @@ class ResumableDataModule(L.LightningDataModule):
             batch_size,
             num_workers,
             seed,
+            self.training_position,
             # the epoch Lightning is about to train (current_epoch lags after an end-of-epoch checkpoint)
             epoch=trainer.fit_loop.epoch_progress.current.processed if trainer else 0,
             processes=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             drop_last=drop_last,
-            position=self.training_position,
             **kwargs,
         )
 
@@ -100,7 +101,7 @@ class SSLDataModule(ResumableDataModule):
     Pretraining batches are ``([view_0, ..., view_{V-1}], labels)``. ``augment`` is one recipe used
     for ``num_views`` views, or a list with one recipe per view (asymmetric views such as BYOL's, or
     multi-crop: 2 global + N small crops of other sizes, then ``num_views`` is ignored). The view
-    stream depends only on (``seed``, epoch, image): see :class:`SeededEpochSampler`.
+    stream depends only on (``seed``, epoch, image): see :class:`~.views.SeededEpochSampler`.
     ``eval_resize``: side the evaluation images are resized to before a centre crop of
     ``image_size`` (file datasets; 256 for ImageNet's 224).
     """

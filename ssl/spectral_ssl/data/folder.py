@@ -234,6 +234,7 @@ class ImageFolderDataModule(SSLDataModule):
     def train_dataloader(self):
         if not self.augment_on_device:
             return super().train_dataloader()
+        self.setup()  # set up already under a Trainer (idempotent), as dataset() does
         self.device_views = DeviceViews(self.view_recipes(), self.mean, self.std, self.seed)
         dataset = EncodedImageDataset(self.samples["train"], self.on_corrupt)
         self.check_batch_size(len(dataset))

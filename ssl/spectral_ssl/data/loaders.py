@@ -42,7 +42,7 @@ class ResumableLoader(DataLoader):
     the loader hands a batch out before its step, and a checkpoint can be written during the step
     (SLURM's signal), so only the training loop knows whether that batch has trained."""
 
-    def __init__(self, *args, position: Callable[[], tuple[int, int]] = lambda: (0, 0), **kwargs) -> None:
+    def __init__(self, *args, position: Callable[[], tuple[int, int]], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
 
@@ -76,12 +76,12 @@ def training_loader(
     batch_size: int,
     num_workers: int,
     seed: int,
+    position: Callable[[], tuple[int, int]],
     epoch: int = 0,
     processes: int = 1,
     rank: int = 0,
     drop_last: bool = True,
     collate_fn: Callable = collate_skipping,
-    position: Callable[[], tuple[int, int]] = lambda: (0, 0),
 ) -> ResumableLoader:
     """A shuffled, seeded :class:`ResumableLoader` of ``dataset`` (indexed by ``(index, seed)``),
     this ``rank``'s shard of ``processes``, starting at ``epoch`` (Lightning sets each next one);

@@ -4,9 +4,9 @@
 (:func:`~spectral_ssl.data.balanced_subset`) of at most its budget of images, so what it costs
 does not grow with the dataset: the kNN bank holds at most ``max_bank`` clean training images and
 the held-out queries at most ``max_queries``; the spectrum and the online probe's evaluation use at
-most ``max_images`` held-out images. The held-out features are extracted once per epoch end and
-model for all three monitors when they share one :class:`HeldOutFeatures` (the commands give them one;
-the largest budget, the others take their part of it).
+most ``max_images`` held-out images. When the monitors share one :class:`HeldOutFeatures` (the
+commands give them one), the held-out features are extracted once per epoch end for all three:
+the largest budget, the others take their part of it.
 ``every_n_epochs: 0`` turns a monitor off.
 
 **DDP.** Extraction is sharded over the ranks; the kNN bank stays sharded (each rank holds and
@@ -66,20 +66,23 @@ def _check_budget(name: str, value: int | None) -> None:
 @runtime_checkable
 class Representation(Protocol):
     """What the monitors read of a model: ``backbone`` (images (N, 3, H, W) -> features (N, D),
-    with ``feature_dim`` D) and ``projector`` (features -> embeddings; the spectrum's second
-    curve). Every :class:`~spectral_ssl.methods.SSLMethod` has both."""
+    with ``feature_dim`` D; all three monitors) and ``projector`` (features -> embeddings; the
+    spectrum's second curve). Every :class:`~spectral_ssl.methods.SSLMethod` has both."""
 
     backbone: nn.Module
     projector: nn.Module
 
 
-def _representation(pl_module: L.LightningModule, who: str) -> Representation:
-    if not isinstance(pl_module, Representation):
+def _representation(pl_module: L.LightningModule, who: str, parts: tuple[str, ...]) -> Representation:
+    """``pl_module``, refused by name when it lacks one of the ``parts`` of a
+    :class:`Representation` that ``who`` reads."""
+    missing = [part for part in parts if not isinstance(getattr(pl_module, part, None), nn.Module)]
+    if missing:
         raise TypeError(
-            f"{who} reads the model's backbone and projector; {type(pl_module).__name__} has no "
-            "backbone/projector (or turn the monitor off: every_n_epochs=0)"
+            f"{who} reads the model's {' and '.join(parts)}; {type(pl_module).__name__} has no "
+            f"{'/'.join(missing)} (or turn the monitor off: every_n_epochs=0)"
         )
-    return pl_module
+    return pl_module  # type: ignore[return-value]
 
 
 class HeldOutFeatures:
@@ -113,10 +116,11 @@ class HeldOutFeatures:
 
     def get(self, trainer: L.Trainer, model: nn.Module, device, budget: int | None) -> tuple[Tensor, Tensor]:
         """(features (N, D), labels (N,)) of ``model`` on at most ``budget`` held-out images of
-        ``trainer``'s datamodule, on the CPU; extracted once per (step, model) for all budgets."""
+        ``trainer``'s datamodule, on the CPU; extracted once per (trainer, datamodule, step, model)
+        for all budgets."""
         budgets = list(self.budgets.values()) or [budget]
         largest = None if None in budgets else max(budgets)
-        key = (trainer.global_step, id(model), largest)
+        key = (id(trainer), id(trainer.datamodule), trainer.global_step, id(model), largest)
         if self.key != key:
             positions = self._positions(trainer.datamodule, largest)
             loader = trainer.datamodule.eval_dataloader("test", indices=positions)
@@ -199,7 +203,7 @@ class KNNMonitor(_HeldOutMonitor):
         if not self.enabled:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "KNNMonitor")
-        _representation(pl_module, "KNNMonitor")
+        _representation(pl_module, "KNNMonitor", ("backbone",))
         self.held_out.request("knn", self.max_queries)
         available = len(trainer.datamodule.labels("train"))
         bank = available if self.max_bank is None else min(self.max_bank, available)
@@ -288,7 +292,7 @@ class SpectrumMonitor(_HeldOutMonitor):
         if self.every_n_epochs <= 0:
             return
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "SpectrumMonitor")
-        representation = _representation(pl_module, "SpectrumMonitor")
+        representation = _representation(pl_module, "SpectrumMonitor", ("backbone", "projector"))
         self.held_out.request("spectrum", self.max_images)
         available = len(trainer.datamodule.labels("test"))
         images = available if self.max_images is None else min(self.max_images, available)
@@ -361,7 +365,7 @@ class OnlineLinearProbe(_HeldOutMonitor):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0:
             return
-        _representation(pl_module, "OnlineLinearProbe")
+        _representation(pl_module, "OnlineLinearProbe", ("backbone",))
         self.held_out.request("online_probe", self.max_images)
         num_classes = trainer.datamodule.num_classes  # set up: Lightning sets the datamodule up first
         with torch.random.fork_rng(devices=[]):
