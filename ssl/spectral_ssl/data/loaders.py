@@ -1,6 +1,6 @@
 """The two kinds of loader over a data source's images: the training loader (seeded, sharded,
-resumable mid-epoch by its own state) and the clean evaluation loader that the monitors, the
-linear protocol and the evaluation commands share."""
+resumable mid-epoch from the training position it is given) and the clean evaluation loader that
+the monitors, the linear protocol and the evaluation commands share."""
 
 from __future__ import annotations
 

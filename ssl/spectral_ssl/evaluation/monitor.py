@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import lightning as L
 import torch
@@ -63,7 +63,6 @@ def _check_budget(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive number of images or null (all of them), not {value}")
 
 
-@runtime_checkable
 class Representation(Protocol):
     """What the monitors read of a model: ``backbone`` (images (N, 3, H, W) -> features (N, D),
     with ``feature_dim`` D; all three monitors) and ``projector`` (features -> embeddings; the
