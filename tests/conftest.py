@@ -120,3 +120,29 @@ def trained_against_initial():
         return mean_loss(trained, fixed), mean_loss(initial, fixed)
 
     return compare
+
+
+@pytest.fixture(scope="session")
+def exact_weighted_vote():
+    """``vote(bank, labels, queries, k, temperature, num_classes)``: the weighted kNN vote's classes,
+    computed another way than :func:`spectral_ssl.evaluation.knn_predict` (see inside)."""
+
+    def vote(bank, labels, queries, k, temperature, num_classes):
+        """The weighted vote written another way: float64 cosine scores, the k nearest by a full sort,
+        then each class's log of its summed weights, log sum_j exp(s_j / T), as a log-sum-exp (finite
+        at any T > 0); the class with the largest wins."""
+        import torch.nn.functional as F
+
+        scores = F.normalize(queries.double(), dim=1) @ F.normalize(bank.double(), dim=1).T
+        top, index = scores.topk(k, dim=1)
+        neighbour_labels = labels[index]
+        log_votes = torch.stack(
+            [
+                torch.where(neighbour_labels == c, top / temperature, float("-inf")).logsumexp(dim=1)
+                for c in range(num_classes)
+            ],
+            dim=1,
+        )
+        return log_votes.argmax(dim=1)
+
+    return vote

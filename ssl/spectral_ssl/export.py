@@ -45,7 +45,7 @@ from .checkpoints import (
     read_pretraining_checkpoint,
 )
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
-from .models.factory import resolved_norm_act
+from .models.factory import default_image_size, resolved_norm_act
 from .models.vit import VIT_PRESETS
 
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
@@ -212,7 +212,8 @@ EXPORT_FORMATS = {
     "torchscript": ExportFormat(
         "backbone.torchscript.pt",
         _write_torchscript,
-        "`torch.jit.load('backbone.torchscript.pt')`",
+        "`torch.jit.load('backbone.torchscript.pt')` (a ResNet: any batch and image size; a Vision Transformer: "
+        "any batch, {size} x {size} images only, as the trace fixed its number of tokens)",
         lambda target, example: torch.jit.load(str(target))(example),
     ),
     "onnx": ExportFormat(
@@ -228,7 +229,7 @@ FORMATS = tuple(EXPORT_FORMATS)
 def trained_image_size(backbone: Mapping) -> int:
     """The image side the checkpoint's backbone was trained at (kept in its config since the
     commands link it from the data); for older checkpoints 32 with the CIFAR stem, else 224."""
-    return backbone.get("image_size") or (32 if backbone.get("cifar_stem") else 224)
+    return backbone.get("image_size") or default_image_size(backbone.get("cifar_stem", False))
 
 
 def export_backbone(
@@ -299,15 +300,16 @@ def _readme(out: Path, metadata: Mapping, written: Mapping[str, Path], skipped: 
         "",
         f"`{backbone['name']}`, {_architecture(backbone)}; epoch "
         f"{metadata.get('epoch')}, step {metadata.get('global_step')}. Input: RGB images normalised with "
-        f"the training data's mean and std, {size} x {size} pixels for the formats fixed to one size (ONNX: "
-        f"{size} x {size} only; the size it was traced at, `spectral-ssl export --image_size`, by default the "
-        "size the model was trained at); output: the pooled features.",
+        f"the training data's mean and std, {size} x {size} pixels for the formats fixed to one size (ONNX, and "
+        f"TorchScript for a Vision Transformer: {size} x {size} only; the size it was traced at, `spectral-ssl "
+        "export --image_size`, by default the size the model was trained at); output: the pooled features.",
         "",
         "| file | loads with |",
         "|---|---|",
         "| `backbone.json` | the architecture, for `load_backbone('backbone.pth')` |",
         *(
-            f"| `{path.name}{'/' if path.is_dir() else ''}` | {EXPORT_FORMATS[fmt].loads_with.format(folder=folder)} |"
+            f"| `{path.name}{'/' if path.is_dir() else ''}` | "
+            f"{EXPORT_FORMATS[fmt].loads_with.format(folder=folder, size=size)} |"
             for fmt, path in written.items()
         ),
     ]

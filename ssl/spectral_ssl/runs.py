@@ -191,6 +191,8 @@ NOT_THE_RUN = ("config", "run_name", "output_dir", "resume", "overwrite", "ckpt_
 
 MAY_CHANGE_ON_RESUME = (
     "trainer.max_epochs",
+    "trainer.max_steps",  # the budget: every schedule is re-planned to end there
+    "trainer.accumulate_grad_batches",  # a layout change, as data.batch_size (at an epoch's end only)
     "model.optimizer.lr",  # the schedule continues at the same epoch, re-planned
     "trainer.devices",
     "trainer.num_nodes",
@@ -294,7 +296,7 @@ def resumable_changes(checkpoint: Path, current: dict) -> list[str]:
         raise ValueError(
             f"{checkpoint} was trained with other settings ({saved}): {'; '.join(refused)}. These "
             "cannot change within a run: drop them to resume it, or give a new --run_name to start a "
-            "new run (on resume, trainer.max_epochs, model.optimizer.lr, devices, nodes and "
-            "data.batch_size may change)"
+            "new run (on resume, trainer.max_epochs, trainer.max_steps, model.optimizer.lr, devices, nodes, "
+            "data.batch_size and trainer.accumulate_grad_batches may change)"
         )
     return allowed

@@ -2,6 +2,7 @@
 traceback), and nothing silently different."""
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -100,3 +101,23 @@ def test_an_empty_class_folder_is_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         ImageFolderDataModule(root=str(tmp_path), num_workers=0).setup()
     assert "hold no image" in caplog.text and "zebra" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model.backbone.name=resnet19"], r"unknown backbone 'resnet19'; choose one of resnet18"),
+        (
+            ["--model.backbone.norm=pln", "--model.backbone.norm_options.pln_group_size=5"],
+            r"ParallelLayerNorm: groups of 5 channels do not divide",
+        ),
+    ],
+)
+def test_a_models_own_error_at_construction_is_its_one_line(flags, message, tmp_path, one_step):
+    """A ValueError the model raises while jsonargparse builds it came wrapped in "Does not validate
+    against any of the Union subtypes" and the whole parsed namespace: the model's own line now."""
+    with pytest.raises(SystemExit) as exit:
+        main(["pretrain", *one_step, "--output_dir", str(tmp_path), *flags])
+    reported = str(exit.value.code)
+    assert reported.startswith("error: ") and "\n" not in reported and "Union subtypes" not in reported
+    assert re.search(message, reported), reported

@@ -308,3 +308,60 @@ def test_killing_one_rank_ends_the_other(tmp_path):
     assert processes[1].returncode == -9
     assert processes[0].returncode not in (0, None), rank0_errors[-3000:]
     assert torch.load(tmp_path / "quickstart" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("augment_on_device", [True, False])
+def test_every_rank_draws_its_own_views(tmp_path, augment_on_device):
+    """Two gloo ranks, 16 copies of one image (so equal views mean equal augmentation parameters):
+    at the same step every rank's views differ from the other's, row by row, and from one another
+    within a rank. The device views were seeded by (seed, epoch, batch) alone, so both ranks drew
+    the same parameters for the same row (max difference 0); the CPU views draw per image index."""
+    import json
+    import pickle
+    import subprocess
+
+    import numpy as np
+
+    from faults import ENV
+    from spectral_ssl.data.synthetic import write_cifar_folder
+
+    write_cifar_folder(tmp_path / "data", train_images=20, test_images=10)
+    image = np.random.default_rng(1).integers(0, 256, 3072, dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        path = tmp_path / "data" / "cifar-10-batches-py" / name
+        batch = pickle.loads(path.read_bytes())
+        batch["data"][:] = image
+        path.write_bytes(pickle.dumps(batch))
+    record = [{"class_path": "probes.SaveViews", "init_args": {"folder": str(tmp_path / "views")}}]
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        torchrun(
+            *DDP_RUN,
+            "--data=spectral_ssl.data.CIFARDataModule",
+            f"--data.root={tmp_path / 'data'}",
+            "--data.batch_size=8",
+            "--data.num_workers=0",
+            f"--data.augment_on_device={str(augment_on_device).lower()}",
+            "--trainer.max_steps=1",
+            "--trainer.max_epochs=-1",
+            "--knn.every_n_epochs=0",
+            "--spectrum.every_n_epochs=0",
+            "--online_probe.every_n_epochs=0",
+            "--trainer.callbacks=" + json.dumps(record),
+            "--output_dir",
+            str(tmp_path / "runs"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / "views" / f"views_rank{r}.pt", weights_only=True) for r in range(2)]
+    for view in range(2):
+        first, second = ranks[0]["views"][view], ranks[1]["views"][view]
+        assert first.shape == second.shape == (8, 3, 32, 32)
+        assert ((first - second).flatten(1).abs().amax(1) > 0).all()  # every row differs across the ranks
+        rows = first.flatten(1)
+        assert torch.cdist(rows, rows).add(torch.eye(8)).gt(0).all()  # and within a rank

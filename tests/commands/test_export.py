@@ -220,8 +220,12 @@ def test_a_layernorm_vit_exports_to_timm_and_every_format_with_equal_outputs(tmp
         torch.testing.assert_close(reference(x), expected)
         torch.testing.assert_close(torch.export.load(files["pt2"]).module()(x), expected)
         torch.testing.assert_close(torch.jit.load(files["torchscript"])(x), expected)
+        with pytest.raises(RuntimeError):  # the trace fixed the number of tokens: another size does not run
+            torch.jit.load(files["torchscript"])(torch.randn(5, 3, 32, 32))
+        assert torch.export.load(files["pt2"]).module()(torch.randn(5, 3, 32, 32)).shape == (5, 48)  # pt2 does
     readme = (tmp_path / "export" / "README.md").read_text()
     assert "`vit_tiny`, norm `ln`, act `gelu`, embed_dim `48`, depth `2`, pooling `token`" in readme
+    assert "a Vision Transformer: any batch, 16 x 16 images only" in readme  # the TorchScript row says so
 
 
 def test_a_pln_vit_exports_and_loads_back_equal(tmp_path):

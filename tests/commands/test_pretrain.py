@@ -160,3 +160,46 @@ def test_callbacks_given_on_the_command_line_are_kept_beside_ours(tmp_path, tiny
                 "--trainer.callbacks+=LearningRateMonitor"])  # fmt: skip
     kinds = {type(callback) for callback in cli.trainer.callbacks}
     assert {LearningRateMonitor, SkippedImagesReport} <= kinds
+
+
+MULTI_CROP_32_16 = "--data.augment=[{size: 32}, {size: 32}, {size: 16}, {size: 16}]"
+
+
+def test_a_timm_vit_trains_on_every_crop_size_of_a_multi_crop_recipe(tmp_path):
+    """``timm:vit_tiny_patch16_224`` at 32 px with crops of 32, 32, 16, 16 px raised
+    ``Input height (16) doesn't match model (32)`` in the first step; now it trains, as the
+    built-in ViT does, and a size it cannot take is one ``error:`` line at start, nothing saved."""
+    from spectral_ssl.data.synthetic import write_cifar_folder
+
+    write_cifar_folder(tmp_path / "data", train_images=40, test_images=10)
+    data = ["--data=spectral_ssl.data.CIFARDataModule", f"--data.root={tmp_path / 'data'}", "--data.num_workers=0"]
+    run = [
+        "pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), *data, "--data.batch_size=16",
+        "--trainer.max_steps=2", "--trainer.max_epochs=-1", "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0",
+        "--trainer.enable_progress_bar=false", "--output_dir", str(tmp_path / "runs"), MULTI_CROP_32_16,
+    ]  # fmt: skip
+    cli = main([*run, "--model.backbone.name=timm:vit_tiny_patch16_224", "--run_name", "timm"])
+    assert cli.trainer.global_step == 2 and cli.model.hparams["backbone"]["view_sizes"] == (32, 16)
+    with pytest.raises(SystemExit, match=r"error: backbone vit_tiny cannot take 12x12 images .*32, 12 px.*patch"):
+        main([*run, "--model.backbone.name=vit_tiny", "--model.backbone.patch_size=8", "--run_name", "bad",
+              "--data.augment=[{size: 32}, {size: 12}]"])  # fmt: skip
+    assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("augment_on_device", [False, True])
+def test_bf16_true_trains_with_iternorm_and_every_monitor(tmp_path, tiny, augment_on_device):
+    """``--trainer.precision=bf16-true --model.backbone.norm=iternorm`` raised ``expected dtype
+    BFloat16 for end but got float`` in the first step (IterNorm's running statistics), and the
+    monitors and device views fed float32 images to the bf16 model. Now it trains, monitors on."""
+    cli = main(
+        ["pretrain", *tiny, "--output_dir", str(tmp_path), "--trainer.precision=bf16-true",
+         "--model.backbone.norm=iternorm", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+         "--spectrum.every_n_epochs=1", f"--data.augment_on_device={str(augment_on_device).lower()}"]
+    )  # fmt: skip
+    norm = cli.model.backbone.bn1
+    assert norm.running_wm.dtype == torch.bfloat16 and cli.trainer.global_step == 3
+    assert torch.isfinite(norm.running_wm.float()).all()
+    assert (
+        "trained"
+        in cli.callback(type(next(c for c in cli.trainer.callbacks if type(c).__name__ == "KNNMonitor"))).summary()
+    )

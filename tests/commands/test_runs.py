@@ -280,13 +280,17 @@ def test_a_mid_epoch_checkpoint_refuses_another_batch_layout_before_touching_the
     args = [*run_args, "--trainer.max_steps=5", "--checkpoint.every_n_train_steps=5", "--output_dir", str(tmp_path)]
     main(["pretrain", *args])
     config = (tmp_path / "tiny" / "config.yaml").read_bytes()
-    with pytest.raises(
-        SystemExit,
-        match=r"error: the checkpoint was written mid-epoch by 1 process\(es\) x 64 images "
-        r"per batch; it resumes only with the same, not 1 x 32",
+    for change, now in (
+        ("--data.batch_size=32", "1 x 32, accumulating 1"),
+        ("--trainer.accumulate_grad_batches=2", "1 x 64, accumulating 2"),
     ):
-        main(["pretrain", *args, "--data.batch_size=32"])
-    assert (tmp_path / "tiny" / "config.yaml").read_bytes() == config
+        with pytest.raises(
+            SystemExit,
+            match=r"error: the checkpoint was written mid-epoch by 1 process\(es\) x 64 images per batch, accumulating "
+            rf"1 batch\(es\) a step; it resumes only with the same, not {now} \(resume from an end-of-epoch",
+        ):
+            main(["pretrain", *args, change])
+        assert (tmp_path / "tiny" / "config.yaml").read_bytes() == config
 
 
 @contextlib.contextmanager

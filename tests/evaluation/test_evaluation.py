@@ -351,3 +351,19 @@ def test_a_vit_run_resumes_and_every_evaluation_command_reads_its_checkpoint(tmp
     linear = ["linear", str(checkpoint), "--config", str(ROOT / "configs" / "linear" / "digits.yaml")]
     cli = main([*linear, "--trainer.max_steps=1", "--output_dir", str(tmp_path), *FAST_RUN])
     assert cli.trainer.global_step == 1 and cli.model.classifier.in_features == 24
+
+
+def test_the_knn_command_at_a_low_temperature_equals_the_exact_vote(checkpoint, exact_weighted_vote):
+    """``knn CKPT --k [20] --temperature 0.01`` printed 60% where the exact weighted vote gives 92%:
+    exp(sim / T) overflowed float32 and every class tied. Now it equals the vote computed exactly
+    (each class's log-sum-exp of sim / T, float64)."""
+    backbone, _ = load_encoder(checkpoint)
+    bank_loader, test_loader = digits().knn_dataloaders()
+    (bank, bank_labels), (queries, labels) = (
+        extract_features(backbone, bank_loader),
+        extract_features(backbone, test_loader),
+    )
+    for temperature in (0.01, 0.003):
+        results = main(["knn", str(checkpoint), "--k=[20]", f"--temperature={temperature}"])
+        exact = (exact_weighted_vote(bank, bank_labels, queries, 20, temperature, 10) == labels).float().mean().item()
+        assert results[f"weighted k=20 T={temperature}"] == pytest.approx(exact, abs=1e-12)

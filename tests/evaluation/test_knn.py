@@ -172,3 +172,24 @@ def test_the_faiss_backend_says_which_extra_installs_it(monkeypatch):
     with pytest.raises(ImportError, match=r"spectral-ssl\[faiss-cpu\].*spectral-ssl\[faiss-gpu\].*not both"):
         knn_predict(bank, labels, bank[:5], k=5, backend="faiss")
     assert torch.equal(knn_predict(bank, labels, bank[:5], k=5), labels[:5])  # the default needs no faiss
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.02, 0.0113, 0.01, 0.002])
+def test_the_weighted_vote_equals_its_exact_value_at_any_temperature(temperature, exact_weighted_vote):
+    """exp(sim / T) overflows float32 from sim / T > 88.7 (below T = 0.0113 for a neighbour at
+    cosine 1): every class's vote became inf and the tie went to class 0 (60% where the exact vote
+    gives 92%). Six noisy clusters, k = 20, against the exact vote; the answers must also differ
+    from the unweighted majority somewhere, or the weights would not be tested."""
+    generator = torch.Generator().manual_seed(7)
+    centres = torch.randn(6, 16, generator=generator)
+    labels, query_labels = (
+        torch.randint(0, 6, (600,), generator=generator),
+        torch.randint(0, 6, (300,), generator=generator),
+    )
+    bank = centres[labels] + 0.9 * torch.randn(600, 16, generator=generator)
+    queries = centres[query_labels] + 0.9 * torch.randn(300, 16, generator=generator)
+    bank[:50] = queries[:50]  # neighbours at cosine 1: the largest exponent there is
+    expected = exact_weighted_vote(bank, labels, queries, 20, temperature, 6)
+    got = knn_predict(bank, labels, queries, k=20, temperature=temperature, num_classes=6)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, knn_predict(bank, labels, queries, k=20, temperature=None, num_classes=6))

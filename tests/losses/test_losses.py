@@ -189,3 +189,44 @@ def test_momentum_intl_uses_a_gradient_free_key_and_query_trace_only(reference_w
     torch.testing.assert_close(out["loss"], expected / 3)
     out["loss"].backward()
     assert key.grad is None and all(q.grad is not None for q in queries)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "name",
+    ["intl", "intl_feature_whitening", "st_eigh", "st_newton", "barlow_twins", "vicreg", "nt_xent", "wmse", "byol"],
+)
+def test_every_loss_takes_half_precision_embeddings(name, dtype):
+    """bf16-true / ``.half()`` models hand the losses bf16 / fp16 embeddings: each loss computes in
+    float32 (finite, equal to the float32 loss of the same values to float32 round-off) and returns
+    gradients in the embeddings' dtype."""
+    from spectral_ssl.losses import (
+        BarlowTwinsLoss,
+        BYOLLoss,
+        INTLLoss,
+        NTXentLoss,
+        STLoss,
+        VICRegLoss,
+        WMSELoss,
+    )
+
+    make = {
+        "intl": lambda: INTLLoss(gather=False),
+        "intl_feature_whitening": lambda: INTLLoss(axis=1, gather=False),
+        "st_eigh": lambda: STLoss(gather=False),
+        "st_newton": lambda: STLoss(method="newton", gather=False),
+        "barlow_twins": lambda: BarlowTwinsLoss(gather=False),
+        "vicreg": lambda: VICRegLoss(gather=False),
+        "nt_xent": lambda: NTXentLoss(gather=False),
+        "wmse": lambda: WMSELoss(w_size=32, gather=False),
+        "byol": BYOLLoss,
+    }[name]
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.randn(32, 16, generator=generator).to(dtype).requires_grad_() for _ in range(2)]
+    call = (lambda zs: make()(zs, [z.detach() for z in zs])) if name == "byol" else (lambda zs: make()(zs))
+    loss = call(views)["loss"]
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, call([v.detach().float() for v in views])["loss"], rtol=1e-4, atol=1e-5)
+    for view in views:
+        assert view.grad.dtype == dtype and torch.isfinite(view.grad.float()).all()

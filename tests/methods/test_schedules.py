@@ -17,10 +17,10 @@ QUIET = ["--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--online_prob
 
 
 def closed_form_lr(step: int, peak: float, warmup: int, total: int, ratio: float = 0.001) -> float:
-    """The documented schedule (optim.WarmupCosine), written out again."""
+    """The documented schedule (optim.WarmupCosine, the official INTL code's), written out again."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
+    progress = (step + 1 - warmup) / max(total - warmup, 1)
     return peak * (ratio + (1 - ratio) * (1 + math.cos(math.pi * progress)) / 2)
 
 
@@ -138,3 +138,67 @@ def test_per_step_state_advances_once_per_optimizer_step(tmp_path, tiny, monkeyp
     events.Reload()
     logged = {event.step: event.value for event in events.Scalars("train/momentum")}  # per optimizer step
     assert [logged[k] for k in sorted(logged)] == pytest.approx([0.9925, 0.9975, 1.0], abs=1e-6)
+
+
+LAYOUT_CHANGES = {
+    # (first run's flags, the resumed run's flags, S2 the new steps per epoch, position resumed at, T)
+    "more epochs, half the batch": (
+        ["--trainer.max_epochs=2"],
+        ["--trainer.max_epochs=4", "--data.batch_size=32"],
+        44,
+        88,
+        176,
+    ),
+    "bounded by steps, half the batch": (
+        ["--trainer.max_epochs=1"],
+        ["--trainer.max_epochs=-1", "--trainer.max_steps=30", "--data.batch_size=32"],
+        44,
+        44,
+        52,
+    ),
+    "accumulation": (
+        ["--trainer.max_epochs=2"],
+        ["--trainer.max_epochs=3", "--trainer.accumulate_grad_batches=2"],
+        11,
+        22,
+        33,
+    ),
+}
+
+
+@pytest.mark.parametrize("change", LAYOUT_CHANGES)
+def test_every_schedule_continues_at_the_same_fraction_after_a_layout_change(tmp_path, tiny, monkeypatch, change):
+    """Momentum INTL for some epochs at 64 images a batch (22 steps an epoch), resumed with another
+    batch size or accumulation (an allowed change): the lr re-mapped its position to the new steps
+    per epoch, but the EMA momentum read Lightning's global_step, counted in the old layout (half-way
+    0.915 instead of 0.951, the last step at 0.985, never 1). Now both continue at the same fraction
+    of training, one clock, and end where planned: the last momentum 1, the last lr the minimum."""
+    first, resumed, per_epoch, position, total = LAYOUT_CHANGES[change]
+    momenta = []
+    update = MomentumTarget.update
+
+    def recorded_update(self, online, momentum):
+        momenta.append(momentum)
+        return update(self, online, momentum)
+
+    common = [
+        *tiny,
+        *QUIET,
+        "--model.momentum=0.9",
+        "--model.optimizer.warmup_epochs=0.5",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    main(["pretrain", *common, *first])
+    monkeypatch.setattr(MomentumTarget, "update", recorded_update)
+    main(["pretrain", *common, *resumed])
+    expected = [cosine_momentum(k, total, 0.9) for k in range(position + 1, total + 1)]
+    assert momenta == pytest.approx(expected, abs=1e-12)
+    assert momenta[-1] == 1.0
+    last_lr = logged_lrs(tmp_path / "quickstart")
+    accumulate = 2 if "accumulation" in change else 1
+    peak = 0.6 * (32 if "--data.batch_size=32" in resumed else 64) * accumulate / 256
+    assert last_lr[max(last_lr)] == pytest.approx(
+        closed_form_lr(total - 1, peak, round(0.5 * per_epoch), total), rel=1e-5
+    )
+    assert last_lr[max(last_lr)] == pytest.approx(0.001 * peak, rel=1e-5)

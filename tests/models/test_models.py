@@ -111,3 +111,30 @@ def test_a_timm_vit_gets_the_data_image_size_and_its_norms_on_the_feature_axis()
 def test_a_norm_choice_on_a_timm_family_of_unknown_layout_is_refused_at_build():
     with pytest.raises(ValueError, match=r"timm:convnext_atto is a ConvNeXt, whose norm layout is not known .* ResNet"):
         create_backbone("timm:convnext_atto", norm="pln")
+
+
+@pytest.mark.parametrize("name", ["timm:vit_tiny_patch16_224", "vit_tiny", "resnet18", "timm:resnet18"])
+def test_every_size_the_run_feeds_is_built_for_and_checked_at_build(name):
+    """A multi-crop recipe of 32, 32, 16, 16 px on 32 px data: timm's ViT was built for 32 px only and
+    failed in the first step (``Input height (16) doesn't match model (32)``). Now every backbone
+    is built to take each view size (timm's ViTs with dynamic_img_size) and checked on each."""
+    model = create_backbone(name, image_size=32, view_sizes=(32, 16), cifar_stem=True)
+    with torch.no_grad():
+        for size in (32, 16):
+            assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, model.feature_dim)
+    if name.startswith("timm:vit"):
+        assert model.timm_args == {"img_size": 32, "dynamic_img_size": True}  # the export builds the same
+
+
+@pytest.mark.parametrize(
+    "name, options, size",
+    [
+        ("vit_tiny", dict(patch_size=8), 12),  # 12 px in patches of 8
+        ("timm:vit_tiny_patch16_224", {}, 24),  # 24 px in patches of 16
+    ],
+)
+def test_a_view_size_the_backbone_cannot_take_is_refused_at_build_naming_it(name, options, size):
+    with pytest.raises(
+        ValueError, match=rf"backbone {name} cannot take {size}x{size} images \(a view size .*32, {size} px"
+    ):
+        create_backbone(name, image_size=32, view_sizes=(32, size), **options)

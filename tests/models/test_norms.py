@@ -245,3 +245,25 @@ def test_pln_as_the_vit_mlp_activation():
     mlp = model.blocks[0].mlp
     assert isinstance(mlp.act, ParallelLayerNorm) and mlp.act.channels_last and mlp.act.num_channels == 4 * 384
     assert not any(isinstance(m, torch.nn.GELU) for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_norm_trains_and_evaluates_in_half_precision_with_its_buffers_converted(norm, channels_last, dtype):
+    """``precision=bf16-true`` and ``.half()`` convert every parameter and buffer: IterNorm's update of
+    its running statistics assumed float32 buffers (``lerp_`` of a float32 value into a bf16 one
+    raised in the first step). Training (buffers updated, backward) and eval, in the input's dtype."""
+    layer = norm_layer(norm, channels_last=channels_last)(64).to(dtype)
+    x = (torch.randn(4, 7, 64) if channels_last else torch.randn(4, 64, 5, 5)).to(dtype).requires_grad_()
+    before = {name: b.clone() for name, b in layer.named_buffers()}
+    out = layer.train()(x)
+    out.float().square().mean().backward()
+    evaluated = layer.eval()(x.detach())
+    assert out.dtype == evaluated.dtype == dtype
+    assert torch.isfinite(out.float()).all() and torch.isfinite(evaluated.float()).all()
+    assert torch.isfinite(x.grad.float()).all()
+    for name, buffer in layer.named_buffers():
+        assert buffer.dtype == before[name].dtype, name  # updated in place, in its own dtype
+        if buffer.is_floating_point():
+            assert not torch.equal(buffer, before[name]), f"{name} was not updated"

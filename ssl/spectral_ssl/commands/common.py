@@ -249,13 +249,30 @@ def _holds_class(section, cls: type) -> bool:
 
 
 def reports_bad_input(command: Callable[[list[str]], Result]) -> Callable[[list[str]], Result]:
-    """Runs ``command(args)``; :data:`BAD_INPUT` exits with ``error: <what and how to fix it>``."""
+    """Runs ``command(args)``; :data:`BAD_INPUT` exits with ``error: <what and how to fix it>``
+    (:func:`reported_error`)."""
 
     @functools.wraps(command)
     def run(args: list[str]) -> Result:
         try:
             return command(args)
         except BAD_INPUT as error:
-            sys.exit(f"error: {error}")
+            sys.exit(f"error: {reported_error(error)}")
 
     return run
+
+
+def reported_error(error: BaseException) -> BaseException:
+    """The error a user should read: a class's own error (a model's ValueError naming the setting)
+    raised while jsonargparse instantiates it comes wrapped in jsonargparse's "Does not validate
+    against any of the Union subtypes" with the whole parsed namespace; that wrapper is dropped."""
+    while isinstance(error.__cause__, BAD_INPUT) and _raised_in(error, "jsonargparse"):
+        error = error.__cause__
+    return error
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").split(".")[0] == package

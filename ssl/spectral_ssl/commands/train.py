@@ -159,8 +159,9 @@ class TrainCLI(LightningCLI):
             parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
             parser.link_arguments(("output_dir", "run_name"), "spectrum.folder", compute_fn=spectrum_folder)
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        if self.subclass_mode_model:  # an SSLMethod: its backbone is built for the data's image size
+        if self.subclass_mode_model:  # an SSLMethod: its backbone is built for the data's image and view sizes
             parser.link_arguments("data.image_size", "model.init_args.backbone.image_size", apply_on="instantiate")
+            parser.link_arguments("data.view_sizes", "model.init_args.backbone.view_sizes", apply_on="instantiate")
         batch_size = "model.init_args.optimizer.batch_size" if self.subclass_mode_model else "model.batch_size"
         parser.link_arguments("data.batch_size", batch_size, apply_on="instantiate")  # the lr scaling's batch
         parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.enable_version_counter": False})
@@ -280,7 +281,9 @@ def _check_resumable(cli: TrainCLI, checkpoint: Path) -> list[str]:
     checkpoint's batch layout against this run's."""
     changes = resumable_changes(checkpoint, yaml.safe_load(cli.parser.dump(cli.config)))
     for state in training_loops(checkpoint).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", []):
-        ResumableLoader.check_layout(state, cli.datamodule.batch_size, cli.trainer.world_size)
+        ResumableLoader.check_layout(
+            state, cli.datamodule.batch_size, cli.trainer.world_size, cli.trainer.accumulate_grad_batches
+        )
     return changes
 
 

@@ -67,6 +67,7 @@ class ResumableDataModule(L.LightningDataModule):
             epoch=trainer.fit_loop.epoch_progress.current.processed if trainer else 0,
             processes=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
+            accumulate=trainer.accumulate_grad_batches if trainer else 1,
             drop_last=drop_last,
             **kwargs,
         )
@@ -147,6 +148,12 @@ class SSLDataModule(ResumableDataModule):
     def view_recipes(self) -> list[Augmentation]:
         return list(self.augment) if isinstance(self.augment, (list, tuple)) else [self.augment] * self.num_views
 
+    @property
+    def view_sizes(self) -> tuple[int, ...]:
+        """The sides of the pretraining views, largest first (the commands link them to the
+        backbone, which is built to take each and checked on each)."""
+        return tuple(sorted({recipe.size for recipe in self.view_recipes()}, reverse=True))
+
     def view_transforms(self) -> list[Callable]:
         """The pretraining views in DataLoader workers: one transform per recipe."""
         return [recipe.build(self.mean, self.std) for recipe in self.view_recipes()]
@@ -190,12 +197,14 @@ class SSLDataModule(ResumableDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``augment_on_device``: the training batch (indices, or decoded images) becomes V views
         made on the device (:class:`~.device_augment.DeviceViews`), seeded by its position (this
-        batch's number: it is not counted yet)."""
+        batch's number: it is not counted yet) and this process's rank, and converted as Lightning's
+        precision converts every batch (bfloat16 under ``bf16-true``; it did so before the views existed)."""
         trainer = self.trainer
         if self.device_views is None or trainer is None or not trainer.training:
             return batch
         data, labels = batch
-        return self.device_views(data, labels.device, *self.training_position()), labels
+        views = self.device_views(data, labels.device, *self.training_position(), rank=trainer.global_rank)
+        return trainer.precision_plugin.convert_input(views), labels
 
     def eval_dataloader(self, split: Split, batch_size: int = 512, indices: Tensor | None = None) -> DataLoader:
         """Clean (un-augmented, normalized) labelled images of ``split`` in dataset order, or only

@@ -244,7 +244,8 @@ class BatchAugmentation(nn.Module):
 class DeviceViews:
     """The training views of ``augment_on_device``: one :class:`BatchAugmentation` per recipe,
     moved to the training device with the batch, drawing from a generator seeded by (``seed``,
-    epoch, batch number), so a resumed run sees the same views. ``resident``: the whole
+    epoch, batch number, rank), so a resumed run sees the same views and every process of a
+    distributed run draws its own (the batch number alone is the same on every rank). ``resident``: the whole
     pretraining set as uint8 (N, 3, H, W), moved to the device at the first batch, when the
     batches carry image indices; None when they carry the images (decoded JPEGs)."""
 
@@ -259,14 +260,17 @@ class DeviceViews:
         self.augmentations = nn.ModuleList(BatchAugmentation(recipe, mean, std) for recipe in recipes)
         self.seed, self.resident = seed, resident
 
-    def __call__(self, data: Tensor | list[Tensor], device: torch.device, epoch: int, batch: int) -> list[Tensor]:
-        """The views (V tensors (N, 3, size, size)) of batch ``batch`` of ``epoch``: ``data`` are
-        the indices into :attr:`resident`, or the images themselves."""
+    def __call__(
+        self, data: Tensor | list[Tensor], device: torch.device, epoch: int, batch: int, rank: int = 0
+    ) -> list[Tensor]:
+        """The views (V tensors (N, 3, size, size)) of batch ``batch`` of ``epoch`` on process
+        ``rank`` (the global rank: unique over devices and nodes): ``data`` are the indices into
+        :attr:`resident`, or the images themselves."""
         self.augmentations.to(device)
         if self.resident is not None:
             if self.resident.device != device:
                 self.resident = self.resident.to(device)
             data = self.resident[data]
-        seed = mix_seeds(self.seed, epoch, batch) % (2**63 - 1)
+        seed = mix_seeds(self.seed, epoch, batch, rank) % (2**63 - 1)
         generator, host_generator = torch.Generator(device).manual_seed(seed), torch.Generator().manual_seed(seed)
         return [augment(data, generator, host_generator) for augment in self.augmentations]

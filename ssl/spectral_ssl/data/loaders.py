@@ -42,9 +42,9 @@ class ResumableLoader(DataLoader):
     the loader hands a batch out before its step, and a checkpoint can be written during the step
     (SLURM's signal), so only the training loop knows whether that batch has trained."""
 
-    def __init__(self, *args, position: Callable[[], tuple[int, int]], **kwargs) -> None:
+    def __init__(self, *args, position: Callable[[], tuple[int, int]], accumulate: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.position = position
+        self.position, self.accumulate = position, accumulate
 
     def state_dict(self) -> dict[str, int]:
         epoch, batches = self.position()
@@ -53,20 +53,23 @@ class ResumableLoader(DataLoader):
             "batches": batches,
             "batch_size": self.batch_size,
             "processes": self.sampler.num_replicas,
+            "accumulate": self.accumulate,
         }
 
     @staticmethod
-    def check_layout(state: dict[str, int], batch_size: int, processes: int) -> None:
-        """Refuses to resume a mid-epoch ``state`` with another batch size or number of processes."""
-        if state["batches"] and (state["batch_size"], state["processes"]) != (batch_size, processes):
+    def check_layout(state: dict[str, int], batch_size: int, processes: int, accumulate: int) -> None:
+        """Refuses to resume a mid-epoch ``state`` with another batch size, number of processes or
+        gradient accumulation (an end-of-epoch one may change them: every schedule is re-mapped)."""
+        saved = (state["processes"], state["batch_size"], state.get("accumulate", 1))
+        if state["batches"] and saved != (processes, batch_size, accumulate):
             raise ValueError(
-                f"the checkpoint was written mid-epoch by {state['processes']} process(es) x "
-                f"{state['batch_size']} images per batch; it resumes only with the same, not "
-                f"{processes} x {batch_size} (resume from an end-of-epoch checkpoint to change them)"
+                f"the checkpoint was written mid-epoch by {saved[0]} process(es) x {saved[1]} images per batch, "
+                f"accumulating {saved[2]} batch(es) a step; it resumes only with the same, not {processes} x "
+                f"{batch_size}, accumulating {accumulate} (resume from an end-of-epoch checkpoint to change them)"
             )
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.check_layout(state, self.batch_size, self.sampler.num_replicas)
+        self.check_layout(state, self.batch_size, self.sampler.num_replicas, self.accumulate)
         self.sampler.set_epoch(state["epoch"])
         self.sampler.start = state["batches"] * self.batch_size
 
@@ -82,11 +85,13 @@ def training_loader(
     rank: int = 0,
     drop_last: bool = True,
     collate_fn: Callable = collate_skipping,
+    accumulate: int = 1,
 ) -> ResumableLoader:
     """A shuffled, seeded :class:`ResumableLoader` of ``dataset`` (indexed by ``(index, seed)``),
     this ``rank``'s shard of ``processes``, starting at ``epoch`` (Lightning sets each next one);
     ``position``: where training is (epoch, batches trained in it), for its ``state_dict``.
-    ``drop_last``: every batch full (pretraining: the whitening and BatchNorm see whole batches)."""
+    ``drop_last``: every batch full (pretraining: the whitening and BatchNorm see whole batches);
+    ``accumulate``: the batches of an optimizer step (in its state, for :meth:`ResumableLoader.check_layout`)."""
     sampler = SeededEpochSampler(
         dataset, num_replicas=processes, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
     )
@@ -101,6 +106,7 @@ def training_loader(
         collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available(),
         position=position,
+        accumulate=accumulate,
     )
 
 

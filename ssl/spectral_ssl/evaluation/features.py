@@ -69,6 +69,15 @@ class FeatureFile:
         self.path.unlink(missing_ok=True)
 
 
+def parameter_dtype(model) -> torch.dtype | None:
+    """The floating dtype of ``model``'s parameters (bfloat16 under ``precision="bf16-true"``, which
+    converts the module; float32 otherwise): what its inputs must be given in, outside Lightning's
+    steps, whose batches the precision plugin converts. None for a plain function."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
 def _shard(loader: DataLoader) -> tuple[DataLoader, int]:
     """The same loader over this rank's contiguous share of the dataset (no padding, in order),
     and the share's first index."""
@@ -101,7 +110,7 @@ def extract_shard(
     distributed = world_size() > 1 and isinstance(loader, DataLoader)
     batches, start = _shard(loader) if distributed else (loader, 0)
     total = len(batches.dataset) if isinstance(batches, DataLoader) else None  # type: ignore[arg-type]
-    device, out_device = torch.device(device), torch.device(out_device)
+    device, out_device, dtype = torch.device(device), torch.device(out_device), parameter_dtype(model)
     autocast = torch.autocast(device.type, dtype=precision) if precision else nullcontext()
     context = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
     features, labels, parts, filled = None, [], [], 0
@@ -110,7 +119,7 @@ def extract_shard(
             images, target = batch[0], batch[1]
             if images is None:  # a batch of unreadable images only
                 continue
-            rows = model(images.to(device, non_blocking=True)).float()
+            rows = model(images.to(device, dtype, non_blocking=True)).float()
             labels.append(target.cpu())
             if store is not None:
                 if features is None:
@@ -157,5 +166,6 @@ def apply_in_batches(
 ) -> Tensor:
     """``module`` (e.g. the projector) over already extracted (N, D) features in eval mode, batch
     by batch, so that a second head costs no second pass of the backbone; float32 on CPU."""
+    dtype = parameter_dtype(module)
     with evaluating(module):
-        return torch.cat([module(chunk.to(device)).float().cpu() for chunk in features.split(batch_size)])
+        return torch.cat([module(chunk.to(device, dtype)).float().cpu() for chunk in features.split(batch_size)])

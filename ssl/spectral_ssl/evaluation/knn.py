@@ -201,11 +201,21 @@ def knn_predict(
         index = F.pad(index + first, (0, missing), value=total)  # padding sorts after every real row
         neighbour_labels = F.pad(neighbour_labels, (0, missing), value=-1)
         scores, neighbour_labels = _merge_shards(scores, index, neighbour_labels, k)
-    weights = torch.ones_like(scores) if temperature is None else (scores / temperature).exp()
-    weights = weights * (neighbour_labels >= 0)
-    votes = torch.zeros(len(scores), num_classes, device=scores.device, dtype=weights.dtype)
-    votes.scatter_add_(1, neighbour_labels.clamp(min=0), weights)
+    votes = torch.zeros(len(scores), num_classes, device=scores.device, dtype=torch.float64)
+    votes.scatter_add_(1, neighbour_labels.clamp(min=0), vote_weights(scores, temperature) * (neighbour_labels >= 0))
     return votes.argmax(dim=1).cpu()
+
+
+def vote_weights(scores: Tensor, temperature: float | None) -> Tensor:
+    """The k neighbours' votes (N, k), float64: 1 each without a ``temperature``, else
+    exp(sim / T) scaled by the row's common factor exp(-max sim / T), i.e. exp((sim - max) / T)
+    in (0, 1]. The factor changes no vote's share, and the exponent can never overflow: exp(sim / T)
+    itself is inf in float32 from sim / T > 88.7 (cosine 1 at T < 0.0113), where every class
+    would tie. Padding neighbours (score -inf) weigh 0."""
+    if temperature is None:
+        return torch.ones_like(scores, dtype=torch.float64)
+    scores = scores.double()
+    return ((scores - scores.max(dim=1, keepdim=True).values) / temperature).exp()
 
 
 def knn_accuracy(bank, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, **kwargs) -> float:

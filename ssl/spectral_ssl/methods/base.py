@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
-from ..optim import OptimizerConfig, WarmupCosine, build_optimizer, planned_steps, scaled_lr
+from ..optim import OptimizerConfig, WarmupCosine, build_optimizer, planned_steps, scaled_lr, steps_per_epoch
 from .momentum import MomentumTarget, cosine_momentum
 
 
@@ -97,8 +97,17 @@ class SSLMethod(L.LightningModule):
         ``on_train_batch_end`` can checkpoint it."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.accumulated_micro_batches = 0
-        if self.target is not None:  # Lightning counts this step once the hook returns: step global_step + 1
-            self.target.update([self.backbone, self.projector], self.target_momentum(self.global_step + 1))
+        if self.target is not None:
+            self.target.update([self.backbone, self.projector], self.target_momentum(self.schedule_step + 1))
+
+    @property
+    def schedule_step(self) -> int:
+        """The optimizer steps taken so far, counted in this run's layout: the learning-rate
+        schedule's position (:class:`~spectral_ssl.optim.WarmupCosine`, re-mapped on a resume that
+        changed the steps per epoch; Lightning's ``global_step`` still counts the old ones). The
+        clock of every schedule; the step being taken is ``schedule_step + 1`` until the scheduler
+        steps, after the optimizer."""
+        return self.lr_schedulers().last_epoch
 
     def target_momentum(self, step: int) -> float:
         """The momentum target's m after optimizer step ``step`` (1-based) of the run's planned steps."""
@@ -183,7 +192,7 @@ class SSLMethod(L.LightningModule):
         self.log_dict({f"train/{name}": value for name, value in outputs.items() if name not in ("loss", "features")})
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.target is not None:  # what the target moves with after this step (optimizer_step)
-            self.log("train/momentum", self.target_momentum(self.global_step + 1))
+            self.log("train/momentum", self.target_momentum(self.schedule_step + 1))
 
     def nonfinite_error(self, what: str) -> FloatingPointError:
         return FloatingPointError(
@@ -194,21 +203,27 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self):
         config = self.optimizer_config
-        optimizer = build_optimizer(self, config, scaled_lr(config.lr, self.trainer, config.batch_size))
+        scale = scaled_lr(1.0, self.trainer, config.batch_size)
+        optimizer = build_optimizer(self, config, config.lr * scale)
         # planned at train start: estimated_stepping_batches here would build the training loader before a
         # checkpoint is restored, and Lightning would then never resume it mid-epoch (Lightning issue #20550)
-        scheduler = WarmupCosine(optimizer, min_lr_ratio=config.min_lr_ratio)
+        scheduler = WarmupCosine(
+            optimizer,
+            min_lr_ratio=config.min_lr_ratio,
+            schedule=config.schedule,
+            warmup_start_lr=config.warmup_start_lr * scale,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _plan_schedule(self) -> None:
-        """Every schedule on one clock, optimizer steps, from the run's real budget: T =
-        Lightning's ``estimated_stepping_batches`` (max_epochs, max_steps, whichever ends the run
-        first, limit_train_batches, gradient accumulation, devices and nodes) and the warm-up
-        ``warmup_epochs`` x the optimizer steps per epoch (a run shorter than that ends inside
-        its warm-up, as it does when bounded by epochs). The momentum target's cosine runs over
-        the same T. Called at train start (see configure_optimizers), so a resumed run is
-        re-planned from its position."""
-        total, steps_per_epoch = planned_steps(self.trainer)
-        warmup = round(self.optimizer_config.warmup_epochs * steps_per_epoch)
-        self.total_steps = total
-        self.lr_schedulers().plan(warmup, total, steps_per_epoch)
+        """Every schedule on one clock, optimizer steps in this run's layout (:attr:`schedule_step`),
+        from the run's real budget: the end T from Lightning's ``estimated_stepping_batches``
+        (max_epochs, max_steps, whichever ends the run first, limit_train_batches, gradient
+        accumulation, devices and nodes; :func:`~spectral_ssl.optim.planned_steps`) and the
+        warm-up ``warmup_epochs`` x the optimizer steps per epoch (a run shorter than that ends
+        inside its warm-up, as it does when bounded by epochs). The momentum target's cosine runs
+        over the same T. Called at train start (see configure_optimizers), so a resumed run is
+        re-planned from its position, re-mapped when its steps per epoch changed."""
+        scheduler, per_epoch = self.lr_schedulers(), steps_per_epoch(self.trainer)
+        self.total_steps = planned_steps(self.trainer, scheduler.position_in(per_epoch))
+        scheduler.plan(round(self.optimizer_config.warmup_epochs * per_epoch), self.total_steps, per_epoch)

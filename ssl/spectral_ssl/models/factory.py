@@ -3,7 +3,7 @@ config group) and :class:`NormOptions`, and the norm / activation registries it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -103,8 +103,10 @@ class BackboneConfig:
     ``image_size``: the side of the images the backbone is trained on, in pixels. The commands
     set it from the data (``data.image_size``); a Vision Transformer is built for it, a
     checkpoint keeps it, and an export fixed to one size (ONNX) takes it. None: unknown (32 with
-    the CIFAR stem, else 224, where one is needed). Options left None take the architecture's
-    own value (:func:`create_backbone`).
+    the CIFAR stem, else 224, where one is needed). ``view_sizes``: the sides of the training
+    views (the commands link them from the data's recipe: multi-crop's smaller crops); the
+    backbone is built to take each and checked on each. Options left None take the
+    architecture's own value (:func:`create_backbone`).
     """
 
     name: str = "resnet18"
@@ -115,6 +117,7 @@ class BackboneConfig:
     width: int = 64
     norm_options: NormOptions = NormOptions()
     image_size: int | None = None
+    view_sizes: tuple[int, ...] | None = None
     patch_size: int | None = None
     embed_dim: int | None = None
     depth: int | None = None
@@ -135,6 +138,7 @@ def create_backbone(
     width: int = 64,
     norm_options: NormOptions | dict = NormOptions(),
     image_size: int | None = None,
+    view_sizes: Sequence[int] | None = None,
     patch_size: int | None = None,
     embed_dim: int | None = None,
     depth: int | None = None,
@@ -142,7 +146,10 @@ def create_backbone(
     pooling: str | None = None,
 ) -> nn.Module:
     """A feature extractor: images (B, 3, H, W) -> features (B, ``model.feature_dim``), the
-    width measured by :func:`feature_width` when the model is built.
+    width measured by :func:`feature_width` when the model is built, at ``image_size`` and at
+    every side in ``view_sizes`` (the training views: multi-crop's crops), so that a size the
+    run will feed and the backbone cannot take is a ValueError naming it at build, not an error in
+    the first step; ViTs (ours and timm's) are built to take every one of them (``dynamic_img_size``).
 
     ``name``:
 
@@ -177,11 +184,30 @@ def create_backbone(
     """
     if isinstance(norm_options, dict):
         norm_options = NormOptions(**norm_options)
+    model = _build(
+        name, norm, act, cifar_stem, zero_init_residual, width, norm_options, image_size, view_sizes or (), patch_size,
+        embed_dim, depth, num_heads, pooling,
+    )  # fmt: skip
+    size = image_size or getattr(model, "pretrained_cfg", {}).get("input_size", (default_image_size(cifar_stem),))[-1]
+    model.feature_dim = checked_feature_width(model, name, size, view_sizes)
+    return model
+
+
+def default_image_size(cifar_stem: bool) -> int:
+    """The side assumed when neither the data nor a timm model's own config gives one: CIFAR's 32
+    with the CIFAR stem, else ImageNet's 224."""
+    return 32 if cifar_stem else 224
+
+
+def _build(
+    name, norm, act, cifar_stem, zero_init_residual, width, norm_options, image_size, view_sizes, patch_size,
+    embed_dim, depth, num_heads, pooling,
+) -> nn.Module:  # fmt: skip
     norm, act = resolved_norm_act(name, norm, act)
     if name.startswith("timm:"):
-        return _timm_backbone(name.removeprefix("timm:"), norm, act, norm_options, image_size)
+        return _timm_backbone(name.removeprefix("timm:"), norm, act, norm_options, image_size, view_sizes)
     if name in VIT_PRESETS:
-        model = vision_transformer(
+        return vision_transformer(
             name,
             image_size=image_size or 224,
             patch_size=patch_size,
@@ -192,8 +218,6 @@ def create_backbone(
             norm_fn=None if norm == "ln" else norm_layer(norm, norm_options, channels_last=True),
             act_fn=None if act == "gelu" else act_layer(act, norm_options, channels_last=True),
         )
-        model.feature_dim = feature_width(model, image_size or 224)
-        return model
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'timm:<model>'")
     if pooling not in (None, "avg"):
@@ -205,7 +229,7 @@ def create_backbone(
             raise ValueError(f"act='pln' (PLN as the activation) replaces the norm too: use norm='pln', not {norm!r}")
         act_fn = act_layer("identity")
     block, layers = ARCHITECTURES[name]
-    model = ResNet(
+    return ResNet(
         block,
         layers,
         norm_layer=norm_fn,
@@ -216,8 +240,25 @@ def create_backbone(
         zero_init_residual=zero_init_residual,
         skip_init=norm == "none",
     )
-    model.feature_dim = feature_width(model, 32)  # any size the stem takes: the width does not depend on it
-    return model
+
+
+def checked_feature_width(model: nn.Module, name: str, image_size: int, view_sizes: Sequence[int] | None) -> int:
+    """:func:`feature_width` at ``image_size`` and at every side in ``view_sizes``: the width, the
+    same at each. Raises ValueError naming a side the backbone cannot take, or whose width differs."""
+    width = None
+    for size in sorted({image_size, *(view_sizes or ())}, reverse=True):
+        try:
+            measured = feature_width(model, size)
+        except (RuntimeError, AssertionError, ValueError) as error:
+            what = "the image size" if size == image_size else "a view size of the data's augment recipe"
+            raise ValueError(
+                f"backbone {name} cannot take {size}x{size} images ({what}; the run feeds "
+                f"{', '.join(map(str, sorted({image_size, *(view_sizes or ())}, reverse=True)))} px): {error}"
+            ) from error
+        if width is not None and measured != width:
+            raise ValueError(f"backbone {name} returns {measured} features at {size} px but {width} at larger sizes")
+        width = measured
+    return width
 
 
 def feature_width(model: nn.Module, image_size: int) -> int:
@@ -244,19 +285,31 @@ TIMM_LAYOUTS = {"ResNet": False, "VisionTransformer": True}
 """timm model classes whose norm and activation can be chosen -> whether their norms see channels last."""
 
 
-def _timm_backbone(model_name: str, norm: str | None, act: str | None, options: NormOptions, image_size: int | None):
-    """timm's ``model_name`` as a feature extractor, built for ``image_size`` when it takes one,
-    with ``norm``/``act`` (None, ``bn``, ``relu``: its own) in its family's layout; checked by a
-    forward pass here, so that no error surfaces mid-run."""
+def _timm_backbone(
+    model_name: str,
+    norm: str | None,
+    act: str | None,
+    options: NormOptions,
+    image_size: int | None,
+    view_sizes: Sequence[int] = (),
+):
+    """timm's ``model_name`` as a feature extractor, built for ``image_size`` when it takes one
+    (and, when ``view_sizes`` holds other sides, with ``dynamic_img_size`` where the family has it:
+    its ViTs then resample their position embedding per input), with ``norm``/``act`` (None,
+    ``bn``, ``relu``: its own) in its family's layout. :func:`create_backbone` checks it on every size."""
     import timm
 
     kwargs = {"pretrained": False, "num_classes": 0}
-    try:
-        model = timm.create_model(model_name, **kwargs, **({"img_size": image_size} if image_size else {}))
-        if image_size:
-            kwargs["img_size"] = image_size
-    except TypeError:  # a family without img_size (conv nets take any size)
-        model = timm.create_model(model_name, **kwargs)
+    sizing = [{"img_size": image_size}] if image_size else []
+    if image_size and set(view_sizes) - {image_size}:
+        sizing.insert(0, {"img_size": image_size, "dynamic_img_size": True})
+    for extra in [*sizing, {}]:  # the first the family takes (conv nets take any size and no img_size)
+        try:
+            model = timm.create_model(model_name, **kwargs, **extra)
+        except TypeError:
+            continue
+        kwargs.update(extra)
+        break
     own_norm, own_act = norm in (None, "bn"), act in (None, "relu")
     if not (own_norm and own_act):
         family = next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in TIMM_LAYOUTS), None)
@@ -276,12 +329,6 @@ def _timm_backbone(model_name: str, norm: str | None, act: str | None, options: 
             else:
                 kwargs["act_layer"] = timm.layers.get_act_layer(act)  # timm's own, which accept inplace=
         model = timm.create_model(model_name, **kwargs)
-    size = image_size or model.pretrained_cfg.get("input_size", (3, 224))[-1]
-    try:
-        model.feature_dim = feature_width(model, size)
-    except (RuntimeError, AssertionError) as error:
-        raise ValueError(
-            f"timm:{model_name} with norm={norm!r}, act={act!r} fails on a {size}x{size} image: {error}"
-        ) from error
-    model.timm_args = {k: v for k, v in kwargs.items() if k == "img_size"}  # what timm.create_model needs (export)
+    # what timm.create_model needs to build the same model (the export)
+    model.timm_args = {k: v for k, v in kwargs.items() if k in ("img_size", "dynamic_img_size")}
     return model

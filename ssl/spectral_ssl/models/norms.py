@@ -10,8 +10,8 @@ channels-first only: :class:`ChannelsLast` hands them the last axis as channels.
 Every constructor takes the channel count first and ignores ``device``/``dtype``-style keyword
 arguments it does not use, so timm's blocks can call ``norm_layer(C, **kwargs)``. None of them
 subclasses ``_BatchNorm``: Lightning's / torch's SyncBatchNorm conversion touches BatchNorm only.
-Affine parameters are stored as (C,) vectors, so a ``p.ndim <= 1`` weight-decay filter sees them;
-:func:`spectral_ssl.optim.parameter_groups` selects them by module type anyway.
+Affine parameters are stored as (C,) vectors, so the ``p.ndim <= 1`` rule of
+:func:`spectral_ssl.optim.parameter_groups` spares them weight decay.
 """
 
 from __future__ import annotations
@@ -253,9 +253,9 @@ class IterNorm2d(_ChannelAffine):
                 sigma = self.eps * eye + xc @ xc.transpose(1, 2) / xc.shape[-1]
                 trace = sigma.diagonal(dim1=1, dim2=2).sum(-1).view(groups, 1, 1)
                 wm = newton_schulz(sigma / trace, self.iters) * trace.rsqrt()
-                with torch.no_grad():
-                    self.running_mean.lerp_(mean, self.momentum)
-                    self.running_wm.lerp_(wm, self.momentum)
+                with torch.no_grad():  # in the buffers' own dtype (bf16 / fp16 after .to() or bf16-true)
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                    self.running_wm.lerp_(wm.to(self.running_wm.dtype), self.momentum)
             else:
                 xc, wm = xg - self.running_mean.to(precision), self.running_wm.to(precision)
             out = (wm @ xc).reshape(c, n, *first.shape[2:]).transpose(0, 1).to(x.dtype)
