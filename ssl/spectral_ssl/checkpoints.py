@@ -198,7 +198,14 @@ def _load_encoder(path: Path) -> tuple[nn.Module, nn.Module | None]:
     projector_state = submodule_state(checkpoint, "projector.")
     projector = None
     if dims and projector_state:
-        projector = Projector(backbone.feature_dim, dims[:-1], dims[-1])
+        hparams = checkpoint["hyper_parameters"]
+        projector = Projector(
+            backbone.feature_dim,
+            dims[:-1],
+            dims[-1],
+            bias=hparams.get("projector_bias", False),
+            batch_norm=hparams.get("projector_batch_norm", True),
+        )
         load_weights(projector, projector_state, source=f"{path} (projector)")
         projector.eval()
     return backbone.eval(), projector

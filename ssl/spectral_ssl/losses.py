@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -192,12 +193,13 @@ class BarlowTwinsLoss(_TwoViewLoss):
     """Barlow Twins (Zbontar et al., ICML 2021):
     L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2, C = Za^T Zb / N with each feature of Za, Zb
     standardized over the global batch (biased variance, eps 1e-5: the official BatchNorm1d(affine=False)
-    under SyncBN); lambda = 0.0051. Embeddings are all-gathered with gradients; float32 under autocast.
+    under SyncBN); lambda = 0.0051; the whole x ``scale`` (solo-learn's ``scale_loss``). Embeddings are
+    all-gathered with gradients; float32 under autocast.
     """
 
-    def __init__(self, lambd: float = 0.0051, gather: bool = True) -> None:
+    def __init__(self, lambd: float = 0.0051, gather: bool = True, scale: float = 1.0) -> None:
         super().__init__(gather)
-        self.lambd = lambd
+        self.lambd, self.scale = lambd, scale
 
     def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         a = F.batch_norm(a, None, None, training=True, eps=1e-5)
@@ -206,7 +208,7 @@ class BarlowTwinsLoss(_TwoViewLoss):
         on_diagonal = (torch.diagonal(c) - 1).square().sum()
         off_diagonal = _off_diagonal(c).square().sum()
         return {
-            "loss": on_diagonal + self.lambd * off_diagonal,
+            "loss": self.scale * (on_diagonal + self.lambd * off_diagonal),
             "on_diagonal": on_diagonal.detach(),
             "off_diagonal": off_diagonal.detach(),
         }
@@ -215,22 +217,29 @@ class BarlowTwinsLoss(_TwoViewLoss):
 class VICRegLoss(_TwoViewLoss):
     """VICReg (Bardes et al., ICLR 2022): 25 * invariance + 25 * variance + 1 * covariance, with
     invariance = MSE(Za, Zb), variance = mean_j relu(1 - sqrt(Var(z_j) + 1e-4)) averaged over the two
-    views, covariance = sum of squared off-diagonal covariances / D summed over the views (unbiased).
+    views (the paper's code; ``variance_over_views="sum"``: summed, solo-learn's), covariance = sum of
+    squared off-diagonal covariances / D summed over the views (unbiased).
     Embeddings are all-gathered with gradients (the official code gathers for variance and
     covariance; the invariance term has the same value either way); float32 under autocast.
     """
 
     def __init__(
-        self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, gather: bool = True
+        self,
+        sim_coeff: float = 25.0,
+        std_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+        gather: bool = True,
+        variance_over_views: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__(gather)
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
+        self.variance_views = 2 if variance_over_views == "mean" else 1
 
     def pair_loss(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         invariance = F.mse_loss(a, b)
         n, d = a.shape
         a, b = a - a.mean(0), b - b.mean(0)
-        variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / 2
+        variance = sum(F.relu(1 - torch.sqrt(x.var(0) + 1e-4)).mean() for x in (a, b)) / self.variance_views
         covariance = sum(_off_diagonal(x.T @ x / (n - 1)).square().sum() / d for x in (a, b))
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         return {
@@ -269,7 +278,10 @@ class WMSELoss(nn.Module):
     own by :func:`cholesky_whitening`; the loss is the normalized MSE (2 - 2 mean cos) over all
     pairs of views, averaged over pairs and repetitions:
 
-        L = 1/(w_iter * P) sum_{r} sum_{i<j} nmse(W_r(z_i), W_r(z_j)),   P = V (V-1) / 2.
+        L = 1/(w_iter * P) sum_{r} sum_{i<j} nmse(W_r(z_i), W_r(z_j)),   P = V (V-1) / 2,
+
+    with ``symmetric=False`` the second of each pair detached, nmse(W_r(z_i), sg(W_r(z_j))) (solo-learn's
+    ``wmse_loss_func``: the same value, half the paths for the gradient).
 
     The sub-batch permutations are drawn from (``seed``, number of calls so far), the count being a
     buffer saved in checkpoints: every rank of a DDP run draws the same ones (the result equals one
@@ -281,10 +293,17 @@ class WMSELoss(nn.Module):
     """Why a call waits for the host (see :class:`spectral_ssl.engine.CUDAGraphStrategy`)."""
 
     def __init__(
-        self, w_size: int = 128, w_iter: int = 1, eps: float = 0.0, gather: bool = True, seed: int = 0
+        self,
+        w_size: int = 128,
+        w_iter: int = 1,
+        eps: float = 0.0,
+        gather: bool = True,
+        seed: int = 0,
+        symmetric: bool = True,
     ) -> None:
         super().__init__()
         self.w_size, self.w_iter, self.eps, self.gather, self.seed = w_size, w_iter, eps, gather, seed
+        self.symmetric = symmetric
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
     def forward(self, embeddings: Sequence[Tensor]) -> dict[str, Tensor]:
@@ -310,7 +329,8 @@ class WMSELoss(nn.Module):
                         w[index] = cholesky_whitening(z[index], self.eps)
                 for i in range(len(white)):
                     for j in range(i + 1, len(white)):
-                        total, pairs = total + normalized_mse(white[i], white[j]), pairs + 1
+                        second = white[j] if self.symmetric else white[j].detach()
+                        total, pairs = total + normalized_mse(white[i], second), pairs + 1
             return {"loss": total / pairs}
 
 

@@ -19,6 +19,7 @@ it, and checkpoints that a kill or a full disk cannot damage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sys
@@ -34,7 +35,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .checkpoints import unreadable_reason
-from .models.factory import BackboneConfig, resolved_norm_act
+from .models.factory import BackboneConfig, NormOptions, resolved_norm_act
+from .optim import OptimizerConfig
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,10 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """The keys whose values differ between a run's saved config and the current one, as
     ``"key: old -> new"``: (those that may change on resume, those that may not). A backbone's
     norm or act left unset is its architecture's own (runs saved before the unset default
-    wrote ``bn``/``relu``)."""
-    saved, current = _with_own_norm_act(_renamed(flat_config(saved))), _with_own_norm_act(flat_config(current))
+    wrote ``bn``/``relu``), and an option of the backbone or optimizer groups that a config lacks
+    (a saved one: added since) has its default, the behaviour the run was trained with."""
+    saved = _with_added_defaults(_with_own_norm_act(_renamed(flat_config(saved))))
+    current = _with_added_defaults(_with_own_norm_act(flat_config(current)))
     allowed, refused = [], []
     for key in sorted(saved.keys() | current.keys()):
         if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key):
@@ -244,6 +248,26 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         may_change = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
         (allowed if may_change else refused).append(f"{key}: {saved.get(key)} -> {current.get(key)}")
     return allowed, refused
+
+
+GROUPS = {
+    "model.backbone.": BackboneConfig,
+    "model.backbone.norm_options.": NormOptions,
+    "model.optimizer.": OptimizerConfig,
+}
+"""The config groups whose options are dataclass fields: their defaults fill a saved config's gaps."""
+
+
+def _with_added_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with the default of every option of a :data:`GROUPS` group it holds and lacks."""
+    defaults = {
+        prefix + field.name: field.default
+        for prefix, group in GROUPS.items()
+        if any(key.startswith(prefix) for key in flat)
+        for field in dataclasses.fields(group)
+        if not dataclasses.is_dataclass(field.default)
+    }
+    return {**defaults, **flat}
 
 
 def _with_own_norm_act(flat: dict[str, Any]) -> dict[str, Any]:

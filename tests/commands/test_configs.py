@@ -11,7 +11,8 @@ from spectral_ssl.commands.common import resolve_config, shipped_config_names
 from spectral_ssl.data.synthetic import write_cifar_folder, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-PRETRAINING = [n for n in shipped_config_names() if "/" in n and not n.startswith("linear/")]
+EVALUATION = ("linear/", "linear_fast/", "knn/")  # the evaluation commands' configs
+PRETRAINING = [n for n in shipped_config_names() if "/" in n and not n.startswith(EVALUATION)]
 QUICK_STARTS = ["quickstart", "quickstart_vit"]
 # A training step for every method on each dataset's ResNet, every method with ViT-S on CIFAR-10,
 # and ViT-S with INTL elsewhere: a method's file is the same with either backbone (vit_small.yaml

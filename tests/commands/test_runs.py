@@ -458,3 +458,24 @@ def test_a_run_saved_with_the_architectures_own_norm_spelled_out_resumes_with_it
     assert config_changes(config(norm="bn"), config(norm="pln")) == ([], ["model.backbone.norm: bn -> pln"])
     vit = {"model": {"init_args": {"backbone": {"name": "vit_tiny", "norm": None}}}}
     assert config_changes(vit, {"model": {"init_args": {"backbone": {"name": "vit_tiny", "norm": "ln"}}}}) == ([], [])
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default():
+    """Options added since a run was saved (the stem's padding, the schedule's convention, LARS's
+    trust ratio...) are absent from its config.yaml: their defaults are what it trained with, not a
+    change; another value is."""
+    from spectral_ssl.runs import config_changes
+
+    def config(backbone=None, optimizer=None):
+        return {"model": {"init_args": {"backbone": {"name": "resnet18", **(backbone or {})},
+                                        "optimizer": {"lr": 0.3, **(optimizer or {})}}}}  # fmt: skip
+
+    current = config({"cifar_stem_padding": 1}, {"schedule": "intl", "trust_coeff": 0.001, "trust_clip": False})
+    assert config_changes(config(), current) == ([], [])
+    changed = config({"cifar_stem_padding": 2}, {"schedule": "bolts"})
+    assert config_changes(config(), changed)[1] == [
+        "model.backbone.cifar_stem_padding: 1 -> 2",
+        "model.optimizer.schedule: intl -> bolts",
+    ]
+    linear = {"model": {"init_args": {"lr": 0.1}}}  # no backbone group: nothing filled in
+    assert config_changes(linear, linear) == ([], [])

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from PIL.JpegImagePlugin import JpegImageFile
 from scipy import stats
 from torchvision.transforms import v2
@@ -68,7 +68,8 @@ def expected_view(recipe: Augmentation, image: Image.Image, seed: int) -> torch.
     drawn from the same generator in torchvision's order (a jitter of 0 draws no factor)."""
     rng, size = random.Random(seed), recipe.size
     left, top, w, h = crop_box(*image.size, recipe.scale, (3 / 4, 4 / 3), rng)
-    view = TF.resized_crop(image, top, left, h, w, [size, size], v2.InterpolationMode.BICUBIC, antialias=True)
+    mode = v2.InterpolationMode.BILINEAR if recipe.interpolation == "bilinear" else v2.InterpolationMode.BICUBIC
+    view = TF.resized_crop(image, top, left, h, w, [size, size], mode, antialias=True)
     if recipe.flip_p > 0 and rng.random() < recipe.flip_p:  # an op of p = 0 is not in the pipeline
         view = TF.horizontal_flip(view)
     if recipe.jitter_p > 0 and rng.random() < recipe.jitter_p:
@@ -83,7 +84,10 @@ def expected_view(recipe: Augmentation, image: Image.Image, seed: int) -> torch.
         view = TF.rgb_to_grayscale(view, num_output_channels=3)
     if recipe.blur_p > 0 and rng.random() < recipe.blur_p:
         sigma = rng.uniform(0.1, 2.0)
-        view = TF.gaussian_blur(view, [blur_kernel_size(size)] * 2, [sigma, sigma])
+        if recipe.blur_kernel == "pil":  # the official INTL code's and solo-learn's GaussianBlur
+            view = view.filter(ImageFilter.GaussianBlur(radius=sigma))
+        else:
+            view = TF.gaussian_blur(view, [blur_kernel_size(size)] * 2, [sigma, sigma])
     if recipe.solarize_p > 0 and rng.random() < recipe.solarize_p:
         view = TF.solarize(view, 128)
     tensor = TF.to_dtype(TF.pil_to_tensor(view), torch.float32, scale=True)
@@ -97,14 +101,16 @@ def expected_view(recipe: Augmentation, image: Image.Image, seed: int) -> torch.
         Augmentation(size=32, solarize_p=0.5, grayscale_p=0.5, flip_p=0.5, jitter_p=0.5),
         Augmentation(size=24, blur_p=0.5, solarize_p=0.3),
         Augmentation(size=16, scale=(0.4, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0),  # digits
+        Augmentation(size=32, blur_p=0.5, blur_kernel="pil", jitter=(0.8, 0.8, 0.8, 0.2)),  # solo-learn's SimCLR
+        Augmentation(size=24, jitter_p=0.0, grayscale_p=0.0, interpolation="bilinear"),  # the linear protocol
     ],
 )
 def test_views_equal_torchvisions_operations(recipe):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     augmentation = PILAugmentation(recipe, MEAN, STD)
-    # the blur: torchvision's up to a rounding at .5 (one grey level, normalized: 1 / (255 std))
-    atol = 1.01 / (255 * min(STD)) if recipe.blur_p else 1e-5
+    # the blur: torchvision's up to a rounding at .5 (one grey level, normalized: 1 / (255 std)); Pillow's exactly
+    atol = 1.01 / (255 * min(STD)) if recipe.blur_p and recipe.blur_kernel == "torchvision" else 1e-5
     for seed in range(40):  # every branch taken and skipped (p = 0.5 over 40 seeds)
         ours = augmentation(image, random.Random(seed))
         torch.testing.assert_close(ours, expected_view(recipe, image, seed), rtol=0, atol=atol)
@@ -158,6 +164,24 @@ def test_a_jpeg_is_decoded_once_at_reduced_size_when_every_crop_allows(tmp_path,
     large = PILAugmentation(Augmentation(size=224, scale=(0.9, 1.0)), MEAN, STD)
     make_views([large], str(path), random.Random(0))
     assert drafts == []  # a crop near the full image at 224 px: no reduction possible
+
+
+def test_without_reduced_decode_a_jpeg_is_decoded_whole_and_cropped_as_torchvision(tmp_path, monkeypatch):
+    """``reduced_decode=False`` (the ImageNet configs, as their sources decode): no draft, the view
+    exactly torchvision's from the whole image."""
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    path = tmp_path / "photo.JPEG"
+    Image.fromarray(pixels).resize((512, 384), Image.Resampling.BILINEAR).save(path, quality=95)
+    drafts = []
+    real_draft = JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or real_draft(self, mode, size)
+    )
+    recipe = Augmentation(size=32, scale=(0.5, 1.0), jitter_p=0, grayscale_p=0, flip_p=0)
+    whole = PILAugmentation(recipe, MEAN, STD, reduced_decode=False)
+    (view,) = make_views([whole], str(path), random.Random(4))
+    assert drafts == []
+    torch.testing.assert_close(view, expected_view(recipe, Image.open(path).convert("RGB"), 4), rtol=0, atol=1e-5)
 
 
 def test_a_corrupt_file_is_a_decode_error_and_an_augmentation_error_is_not_swallowed(tmp_path, monkeypatch):

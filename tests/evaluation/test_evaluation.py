@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 from spectral_ssl.checkpoints import load_encoder
 from spectral_ssl.commands import main
@@ -367,3 +370,65 @@ def test_the_knn_command_at_a_low_temperature_equals_the_exact_vote(checkpoint, 
         results = main(["knn", str(checkpoint), "--k=[20]", f"--temperature={temperature}"])
         exact = (exact_weighted_vote(bank, bank_labels, queries, 20, temperature, 10) == labels).float().mean().item()
         assert results[f"weighted k=20 T={temperature}"] == pytest.approx(exact, abs=1e-12)
+
+
+def official_eval_sgd(x_train, y_train, x_test, y_test, epochs, batch, generator):
+    """winci-ai/INTL's eval_sgd written out (its behaviour as facts): nn.Linear's own initialisation,
+    Adam lr 1e-2 weight decay 5e-6 on the raw features, shuffled mini-batches of ``batch``, the lr x
+    (1e-6 / 1e-2) ** (1 / epochs) after each epoch; top-1 of the argmax on the test features. Its
+    initialisation and orders drawn from ``generator``, as linear_probe draws them."""
+    classifier = nn.Linear(x_train.shape[1], int(y_train.max()) + 1)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(classifier.weight, a=5**0.5, generator=generator)
+        classifier.bias.uniform_(-(x_train.shape[1] ** -0.5), x_train.shape[1] ** -0.5, generator=generator)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2, weight_decay=5e-6)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(1e-6 / 1e-2) ** (1 / epochs))
+    for _ in range(epochs):
+        for index in torch.randperm(len(x_train), generator=generator).split(batch):
+            optimizer.zero_grad()
+            F.cross_entropy(classifier(x_train[index]), y_train[index]).backward()
+            optimizer.step()
+        scheduler.step()
+    with torch.no_grad():
+        return (classifier(x_test).argmax(1) == y_test).float().mean().item()
+
+
+def test_the_official_cifar_linear_protocol_equals_its_evaluation_code_written_out():
+    """linear_probe with the official options (raw features, exponential decay per epoch, the
+    default init, batches of 1000) trains the classifier eval_sgd trains, step for step."""
+    from spectral_ssl.evaluation import linear_probe
+
+    generator = torch.Generator().manual_seed(3)
+    x_train, y_train = torch.randn(3000, 12, generator=generator), torch.randint(0, 4, (3000,), generator=generator)
+    x_test, y_test = torch.randn(500, 12, generator=generator), torch.randint(0, 4, (500,), generator=generator)
+    x_train[:, :4] += 3 * F.one_hot(y_train, 4)  # something to learn
+    x_test[:, :4] += 3 * F.one_hot(y_test, 4)
+    expected = official_eval_sgd(x_train, y_train, x_test, y_test, 20, 1000, torch.Generator().manual_seed(0))
+    got = linear_probe(
+        x_train, y_train, x_test, y_test, epochs=20, lr=1e-2, weight_decay=5e-6, batch_size=1000, seed=0,
+        standardize=False, schedule="exponential", final_lr_ratio=1e-4, init="default",
+    )  # fmt: skip
+    assert got == expected and got > 0.5
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10", "cifar100"])
+def test_the_official_intl_evaluation_configs_run(checkpoint, tmp_path, dataset, capsys):
+    """``linear-fast --config linear_fast/intl_cifar10`` (and 100) and ``knn --config knn/intl_cifar10``
+    on CIFAR-format data, and the protocol on the digits (in place of the data); the evaluation
+    images normalized as the official code does, CIFAR-10's statistics for both CIFARs."""
+    name = "cifar10" if dataset == "digits" else dataset
+    data = ["--data=spectral_ssl.data.DigitsDataModule"]
+    if dataset != "digits":
+        write_cifar_folder(tmp_path / "cifar", 20 if name == "cifar10" else 10, 8, num_classes=int(name[5:]))
+        data = [f"--data.init_args.root={tmp_path / 'cifar'}", "--data.init_args.num_workers=0"]
+    top1 = main(["linear-fast", str(checkpoint), "--config", f"linear_fast/intl_{name}", *data, "--epochs=3"])
+    assert 0.0 <= top1 <= 1.0 and "linear top-1 (fast, cached features, 3 epochs)" in capsys.readouterr().out
+    results = main(["knn", str(checkpoint), "--config", f"knn/intl_{name}", *data, "--k=[3]"])
+    assert set(results) == {"weighted k=3 T=0.07", "5-NN L2 (INTL)"}
+    capsys.readouterr()
+    if dataset != "digits":  # both evaluations see the images as the official code normalizes them
+        for command, config in (("knn", f"knn/intl_{name}"), ("linear-fast", f"linear_fast/intl_{name}")):
+            with pytest.raises(SystemExit):
+                main([command, str(checkpoint), "--config", config, *data, "--print_config"])
+            printed = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+            assert printed["eval_mean"] == [0.4914, 0.4822, 0.4465] and printed["eval_std"] == [0.247, 0.243, 0.261]

@@ -43,6 +43,23 @@ def test_projector_layout():
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert head[0].bias is None and head[-1].bias is not None
     assert head(torch.randn(4, 512)).shape == (4, 128)
+    solo_simclr = Projector(512, [2048], 128, bias=True, batch_norm=False)  # solo-learn's SimCLR head
+    assert [type(m).__name__ for m in solo_simclr] == ["Linear", "ReLU", "Linear"] and solo_simclr[0].bias is not None
+
+
+def test_a_checkpoint_with_another_head_layout_loads_its_projector(tmp_path, tiny):
+    """load_encoder rebuilds the projector in the layout the run was trained with (solo-learn's
+    heads: a bias, SimCLR's without BatchNorm), strictly."""
+    from spectral_ssl.checkpoints import load_encoder
+    from spectral_ssl.commands import main
+
+    cli = main(["pretrain", *tiny, "--model=spectral_ssl.methods.SimCLR", "--model.projector_bias=true",
+                "--model.projector_batch_norm=false", "--trainer.max_steps=1", "--knn.every_n_epochs=0",
+                "--spectrum.every_n_epochs=0", "--output_dir", str(tmp_path)])  # fmt: skip
+    _, projector = load_encoder(tmp_path / "quickstart" / "checkpoints" / "last.ckpt")
+    assert [type(m).__name__ for m in projector] == ["Linear", "ReLU", "Linear"]
+    for key, value in projector.state_dict().items():
+        assert torch.equal(value, cli.model.projector.state_dict()[key])
 
 
 TIMM_FAMILIES = {

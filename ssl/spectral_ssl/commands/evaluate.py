@@ -42,6 +42,7 @@ from ..evaluation import (
     spectrum_summary,
     write_spectra,
 )
+from ..evaluation.linear import ProbeInit, ProbeSchedule
 from ..runs import RunFolder
 from .common import DEFAULT_DATA, command_parser, parse_with_default_classes, reports_bad_input
 
@@ -210,11 +211,21 @@ def linear_fast(args: list[str]) -> float:
         "spectral-ssl linear-fast",
         "Fast linear evaluation: features of the clean images extracted "
         "once, then a linear classifier (Adam, cosine) trained on them for many epochs. The quick "
-        "number; `spectral-ssl linear` runs the reportable ImageNet protocol.",
+        "number; `spectral-ssl linear` runs the reportable ImageNet protocol, and --config "
+        "linear_fast/intl_cifar10 (or intl_cifar100) the official INTL CIFAR protocol.",
     )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight_decay", type=float, default=5e-6)
+    parser.add_argument("--classifier_batch_size", type=int, default=4096, help="the classifier's mini-batches")
+    parser.add_argument("--standardize", type=bool, default=True, help="standardize the features first")
+    parser.add_argument(
+        "--schedule", type=ProbeSchedule, default="cosine", help="cosine (per step) or exponential (per epoch)"
+    )
+    parser.add_argument("--final_lr_ratio", type=float, default=1e-4, help="the last lr, a fraction of --lr")
+    parser.add_argument(
+        "--init", type=ProbeInit, default="normal", help="normal: N(0, 0.01), bias 0; default: nn.Linear's own"
+    )
     config, datamodule, backbone, _, device, precision = _setup(parser, args)
     (x_train, y_train), (x_test, y_test), seconds = _features(backbone, datamodule, config, device, precision)
     start = time.perf_counter()
@@ -227,6 +238,11 @@ def linear_fast(args: list[str]) -> float:
             epochs=config.epochs,
             lr=config.lr,
             weight_decay=config.weight_decay,
+            batch_size=config.classifier_batch_size,
+            standardize=config.standardize,
+            schedule=config.schedule,
+            final_lr_ratio=config.final_lr_ratio,
+            init=config.init,
             sharded=True,
         )
     finally:

@@ -154,17 +154,34 @@ class SSLDataModule(ResumableDataModule):
         backbone, which is built to take each and checked on each)."""
         return tuple(sorted({recipe.size for recipe in self.view_recipes()}, reverse=True))
 
+    reduced_decode: bool = True
+    """JPEG files may be decoded at a reduced size where the crops allow (file datasets; see
+    :func:`~.cpu_augment.make_views`); False: always whole, as torchvision's pipeline."""
+
     def view_transforms(self) -> list[Callable]:
         """The pretraining views in DataLoader workers: one transform per recipe."""
-        return [recipe.build(self.mean, self.std) for recipe in self.view_recipes()]
+        return [recipe.build(self.mean, self.std, self.reduced_decode) for recipe in self.view_recipes()]
 
     def eval_transform(self) -> Callable:
-        return Normalize(self.mean, self.std)
+        return Normalize(*self.eval_normalization)
+
+    @property
+    def eval_normalization(self) -> tuple[Sequence[float], Sequence[float]]:
+        """(mean, std) of the clean evaluation images: ``eval_mean`` / ``eval_std`` where a dataset
+        sets them (the official INTL CIFAR evaluation's), else the training views' own."""
+        return (self.eval_mean or self.mean, self.eval_std or self.std)
+
+    eval_mean: Sequence[float] | None = None
+    eval_std: Sequence[float] | None = None
 
     def linear_train_transform(self) -> Callable:
-        """RandomResizedCrop + flip, nothing else: the linear-evaluation protocol's training view."""
-        recipe = Augmentation(size=self.image_size, scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
-        return recipe.build(self.mean, self.std)
+        """RandomResizedCrop (bilinear, torchvision's default, as the official INTL / MoCo / solo-learn
+        linear protocols use it) + flip, nothing else: the linear-evaluation protocol's training view,
+        normalized as the evaluation images are."""
+        recipe = Augmentation(
+            size=self.image_size, scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0, interpolation="bilinear"
+        )
+        return recipe.build(*self.eval_normalization, self.reduced_decode)
 
     # --- loaders -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

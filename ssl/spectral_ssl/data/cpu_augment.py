@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
@@ -75,13 +75,14 @@ class PILAugmentation:
     """One view of an :class:`~spectral_ssl.data.views.Augmentation` recipe on Pillow's kernels:
     ``view = PILAugmentation(recipe, mean, std)(image, rng)``, ``image`` a uint8 (3, H, W) tensor,
     a PIL image or a file path; ``rng`` a ``random.Random`` (None: one seeded from torch's global
-    generator, so ``torch.manual_seed`` still fixes the views)."""
+    generator, so ``torch.manual_seed`` still fixes the views). ``reduced_decode=False``: a JPEG is
+    always decoded whole, as torchvision's pipeline decodes it (the crop then exactly torchvision's)."""
 
     RATIO = (3 / 4, 4 / 3)
     takes_rng = True  # apply_seeded hands it a per-image generator
 
-    def __init__(self, recipe, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.recipe = recipe
+    def __init__(self, recipe, mean: Sequence[float], std: Sequence[float], reduced_decode: bool = True) -> None:
+        self.recipe, self.reduced_decode = recipe, reduced_decode
         mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
         self.scale, self.shift = 1 / (255 * std_t), -mean_t / std_t  # (x / 255 - mean) / std as x * a + b
         jitter = recipe.jitter
@@ -96,11 +97,12 @@ class PILAugmentation:
     def finish(self, image: Image.Image, box: Box, rng: random.Random) -> Tensor:
         """The view from ``image`` (RGB, possibly decoded at a reduced size: ``box`` is scaled to it)."""
         recipe, size = self.recipe, self.recipe.size
+        resample = Image.Resampling.BILINEAR if recipe.interpolation == "bilinear" else Image.Resampling.BICUBIC
         left, top, w, h = box
         if isinstance(left, int) and isinstance(w, int):  # pixel-aligned: exactly torchvision's crop + resize
-            view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BICUBIC)
+            view = image.crop((left, top, left + w, top + h)).resize((size, size), resample)
         else:
-            view = image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+            view = image.resize((size, size), resample, box=(left, top, left + w, top + h))
         if recipe.flip_p > 0 and rng.random() < recipe.flip_p:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if recipe.jitter_p > 0 and rng.random() < recipe.jitter_p:
@@ -109,7 +111,10 @@ class PILAugmentation:
             view = view.convert("L").convert("RGB")
         if recipe.blur_p > 0 and rng.random() < recipe.blur_p:
             sigma = rng.uniform(0.1, 2.0)
-            view = gaussian_blur(view, self.blur_kernel, sigma)
+            if recipe.blur_kernel == "pil":
+                view = view.filter(ImageFilter.GaussianBlur(radius=sigma))
+            else:
+                view = gaussian_blur(view, self.blur_kernel, sigma)
         if recipe.solarize_p > 0 and rng.random() < recipe.solarize_p:
             view = F.solarize(view, 128)
         pixels = torch.from_numpy(np.array(view)).permute(2, 0, 1)  # a writable copy (150 KB at 224 px)
@@ -172,8 +177,9 @@ def make_views(augmentations: Sequence[PILAugmentation], image, rng: random.Rand
     """One view per augmentation of ``image``: a uint8 (3, H, W) tensor, a PIL image, or a file
     path (opened here and closed after). Every crop is drawn first from the image's size; a JPEG
     file is then decoded once, at the smallest DCT scale that leaves every crop at least its
-    output size. Raises :class:`DecodeError` for a file that cannot be opened or decoded (and
-    nothing else: an error of the augmentation itself propagates as it is)."""
+    output size (whole when any augmentation has ``reduced_decode=False``). Raises
+    :class:`DecodeError` for a file that cannot be opened or decoded (and nothing else: an error
+    of the augmentation itself propagates as it is)."""
     rng = rng or global_rng()
     if isinstance(image, (str, Path)):
         try:
@@ -193,7 +199,7 @@ def _make_views(augmentations, pil: Image.Image, rng: random.Random, from_file: 
     boxes = [a.crop(width, height, rng) for a in augmentations]
     scale = 1.0
     try:
-        if from_file and pil.format in ("JPEG", "MPO"):
+        if from_file and pil.format in ("JPEG", "MPO") and all(a.reduced_decode for a in augmentations):
             shrink = min(min(box[2] / a.recipe.size, box[3] / a.recipe.size) for a, box in zip(augmentations, boxes))
             if shrink >= 2:
                 drafted = pil.draft("RGB", (math.ceil(width / shrink), math.ceil(height / shrink)))

@@ -12,8 +12,9 @@ torchvision pipeline (checked against torchvision's own parameter samplers in th
 - ColorJitter with probability ``jitter_p``: brightness, contrast, saturation factors
   ~ U(1 - s, 1 + s), hue shift ~ U(-h, h), applied in a random order drawn once per batch
   (torchvision draws one per image; the distribution of every factor is the same);
-- grayscale, Gaussian blur (sigma ~ U(0.1, 2), torchvision's kernel size and reflect padding),
-  solarization at 128/255, each with its own probability; then Normalize.
+- grayscale, Gaussian blur (sigma ~ U(0.1, 2), torchvision's kernel size and reflect padding; for a
+  recipe with ``blur_kernel="pil"``, 13 taps, the Gaussian that Pillow's box-filter blur
+  approximates, to +-3 sigma), solarization at 128/255, each with its own probability; then Normalize.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class BatchAugmentation(nn.Module):
         self.recipe = recipe
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.kernel_size = blur_kernel_size(recipe.size)
+        # Pillow's blur (CPU) has no kernel size: here a Gaussian of +-3 sigma at the largest sigma, 2
+        self.kernel_size = 13 if recipe.blur_kernel == "pil" else blur_kernel_size(recipe.size)
 
     def _mask(self, p: float, n: int, generator, device) -> Tensor:
         return torch.rand(n, generator=generator, device=device) < p

@@ -144,7 +144,10 @@ class ImageFolderDataModule(SSLDataModule):
     Evaluation resizes to ``eval_resize`` then centre-crops ``image_size`` (256 -> 224).
     ``augment_on_device``: DataLoader workers only read the files; the JPEGs are decoded on the
     training device in one batched call (nvJPEG on a GPU) and the views made there
-    (:class:`~spectral_ssl.data.device_augment.BatchAugmentation`).
+    (:class:`~spectral_ssl.data.device_augment.BatchAugmentation`). ``reduced_decode``: in DataLoader
+    workers, a JPEG is decoded at a reduced size (libjpeg's DCT scaling) when every crop of it
+    still holds twice its output size (False: always whole, as the official INTL code and
+    solo-learn decode it; the crop is then exactly torchvision's).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class ImageFolderDataModule(SSLDataModule):
         seed: int = 0,
         augment_on_device: bool = False,
         index_cache: str | None = None,
+        reduced_decode: bool = True,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -175,6 +179,7 @@ class ImageFolderDataModule(SSLDataModule):
             augment_on_device=augment_on_device,
         )
         self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
+        self.reduced_decode = reduced_decode
         self.index_cache = index_cache
         self.image_size, self.eval_resize, self.on_corrupt = image_size, eval_resize, on_corrupt
         self.mean, self.std = tuple(mean), tuple(std)

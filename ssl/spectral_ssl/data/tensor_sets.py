@@ -130,7 +130,10 @@ class CIFARDataModule(TensorSetDataModule):
     """CIFAR-10 (``num_classes=10``) or CIFAR-100 (``100``) from torchvision's extracted python
     folder: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}`` or
     ``root/cifar-100-python/{train, test}``. 50,000 train and 10,000 test images of 32x32;
-    normalized with each dataset's own statistics (not CIFAR-10's for CIFAR-100).
+    normalized with each dataset's own statistics (not CIFAR-10's for CIFAR-100). ``eval_mean`` /
+    ``eval_std``: other statistics for the clean evaluation images (monitors, kNN, linear): the
+    official INTL evaluation normalizes both CIFARs with CIFAR-10's, std rounded to
+    (0.247, 0.243, 0.261), as its CIFAR configs do.
     """
 
     STATS = {
@@ -149,6 +152,8 @@ class CIFARDataModule(TensorSetDataModule):
         num_views: int = 2,
         seed: int = 0,
         augment_on_device: bool = False,
+        eval_mean: tuple[float, float, float] | None = None,
+        eval_std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -158,6 +163,7 @@ class CIFARDataModule(TensorSetDataModule):
             seed=seed,
             augment_on_device=augment_on_device,
         )
+        self.eval_mean, self.eval_std = eval_mean, eval_std
         if num_classes not in self.STATS:
             raise ValueError(f"CIFAR has 10 or 100 classes, not {num_classes}")
         self.root, self.num_classes, self.download = Path(root), num_classes, download

@@ -13,6 +13,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,9 +28,17 @@ class Augmentation:
     """The SSL augmentation recipe (SimCLR / BYOL family) for one view: :meth:`build` makes it in
     DataLoader workers (Pillow's kernels), :class:`~.device_augment.BatchAugmentation` on the device.
 
-    RandomResizedCrop(size, scale, bicubic) -> flip (p ``flip_p``) -> ColorJitter(brightness,
+    RandomResizedCrop(size, scale, ``interpolation``) -> flip (p ``flip_p``) -> ColorJitter(brightness,
     contrast, saturation, hue) with p ``jitter_p`` -> grayscale (p ``grayscale_p``) -> Gaussian
     blur (p ``blur_p``, sigma 0.1-2) -> solarize at 128 (p ``solarize_p``) -> float, Normalize.
+
+    ``interpolation``: the crop's resampling, ``bicubic`` (the SSL recipes') or ``bilinear``
+    (torchvision's RandomResizedCrop default, the linear protocols'). ``blur_kernel``: ``pil``,
+    Pillow's ``ImageFilter.GaussianBlur(radius=sigma)`` over the whole image, as the official INTL
+    code, solo-learn and BYOL's PyTorch ports apply it; or ``torchvision``, torchvision's
+    ``GaussianBlur`` with a kernel of 10% of the side (SimCLR's TensorFlow rule: 3 taps at 32 px,
+    which barely blurs a CIFAR image at sigma 2). The flip commutes with the colour operations and
+    the blur, so taking it right after the crop (the sources take it last) draws the same views.
     """
 
     size: int = 32
@@ -40,11 +49,14 @@ class Augmentation:
     grayscale_p: float = 0.2
     blur_p: float = 0.0
     solarize_p: float = 0.0
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    blur_kernel: Literal["torchvision", "pil"] = "torchvision"
 
-    def build(self, mean: Sequence[float], std: Sequence[float]) -> PILAugmentation:
+    def build(self, mean: Sequence[float], std: Sequence[float], reduced_decode: bool = True) -> PILAugmentation:
         """This view in DataLoader workers: ``transform(image, rng)`` on Pillow's kernels with
-        torchvision's distributions, parameters drawn from ``rng`` (:mod:`.cpu_augment`)."""
-        return PILAugmentation(self, mean, std)
+        torchvision's distributions, parameters drawn from ``rng`` (:mod:`.cpu_augment`);
+        ``reduced_decode``: a JPEG file may be decoded at a reduced size where its crops allow."""
+        return PILAugmentation(self, mean, std, reduced_decode)
 
 
 class MultiView:

@@ -3,7 +3,9 @@ ImageNet protocol (:class:`LinearClassifier`, the reportable one)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -15,6 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..checkpoints import load_encoder
 from ..distributed import all_reduce, world_size
 from ..optim import scaled_lr
+
+ProbeSchedule = Literal["cosine", "exponential"]
+ProbeInit = Literal["normal", "default"]
 
 
 def linear_probe(
@@ -30,13 +35,22 @@ def linear_probe(
     seed: int = 0,
     sharded: bool = False,
     block_rows: int = 16384,
+    standardize: bool = True,
+    schedule: ProbeSchedule = "cosine",
+    final_lr_ratio: float = 1e-4,
+    init: ProbeInit = "normal",
 ) -> float:
     """Top-1 (in [0, 1]) of a linear classifier trained on frozen, cached features.
 
-    Features are standardized with the training set's mean and std; the classifier is trained
-    with Adam (lr decayed by a cosine to 1e-4 x lr) and weight decay, the recipe of INTL's CIFAR
-    evaluation on cached features, for ``epochs`` passes in shuffled mini-batches of
-    ``batch_size``. Deterministic for a given ``seed``.
+    By default, features are standardized with the training set's mean and std and the
+    classifier (weights N(0, 0.01), bias 0) is trained with Adam and weight decay, its lr decayed
+    by a cosine to ``final_lr_ratio`` x lr over the steps, for ``epochs`` passes in shuffled
+    mini-batches of ``batch_size``. The official INTL CIFAR evaluation (``eval_sgd`` in
+    winci-ai/INTL cifar/eval/evaluate.py) is ``standardize=False`` (raw features),
+    ``schedule="exponential"`` (the lr x gamma after every epoch, gamma = ``final_lr_ratio`` **
+    (1 / epochs): 1e-2 to 1e-6 over 500 epochs), ``init="default"`` (``nn.Linear``'s own
+    initialisation), batch 1000 (the ``linear_fast/intl_cifar*`` configs). Deterministic for a
+    given ``seed`` (the initialisation and the order drawn from it).
 
     Training features held in a :class:`~spectral_ssl.evaluation.features.FeatureFile`, or
     ``sharded`` under DDP (each rank passes its share of the training features, and the same
@@ -56,39 +70,70 @@ def linear_probe(
             seed=seed,
             sharded=sharded and world_size() > 1,
             block_rows=block_rows,
+            standardize=standardize,
+            schedule=schedule,
+            final_lr_ratio=final_lr_ratio,
+            init=init,
         )
     generator = torch.Generator().manual_seed(seed)
-    mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
+    if standardize:
+        mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
+    else:
+        mean, std = torch.zeros((), device=train_features.device), torch.ones((), device=train_features.device)
     x_train, x_test = (train_features.float() - mean) / std, (test_features.float() - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     steps_per_epoch = -(-len(x_train) // batch_size)
-    classifier, optimizer, schedule = _classifier(
-        x_train.shape[1], num_classes, x_train.device, generator, lr, weight_decay, epochs * steps_per_epoch
-    )
+    classifier, optimizer, steps = _classifier(
+        x_train.shape[1], num_classes, x_train.device, generator, lr, weight_decay, epochs, steps_per_epoch,
+        schedule, final_lr_ratio, init,
+    )  # fmt: skip
     for _ in range(epochs):
         for index in torch.randperm(len(x_train), generator=generator).to(x_train.device).split(batch_size):
             loss = F.cross_entropy(classifier(x_train[index]), train_labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            steps.step()
     with torch.no_grad():
         return (classifier(x_test).argmax(1) == test_labels).float().mean().item()
 
 
 def _classifier(
-    dim: int, num_classes: int, device, generator: torch.Generator, lr: float, weight_decay: float, total_steps: int
+    dim: int,
+    num_classes: int,
+    device,
+    generator: torch.Generator,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    steps_per_epoch: int,
+    schedule: ProbeSchedule,
+    final_lr_ratio: float,
+    init: ProbeInit,
 ):
-    """The probe's linear classifier (weights N(0, 0.01) from ``generator``, bias 0) on ``device``,
-    its Adam optimizer and the cosine schedule to 1e-4 x lr over ``total_steps``."""
+    """The probe's linear classifier on ``device`` (``init``: weights N(0, 0.01), bias 0; or
+    ``nn.Linear``'s own, Kaiming-uniform with a = sqrt(5) and a uniform bias; both drawn from
+    ``generator``), its Adam optimizer and its per-step schedule (a cosine to ``final_lr_ratio`` x
+    lr over the steps, or the lr x gamma each epoch)."""
     classifier = torch.nn.Linear(dim, num_classes)
     with torch.no_grad():
-        classifier.weight.normal_(0, 0.01, generator=generator)
-        classifier.bias.zero_()
+        if init == "normal":
+            classifier.weight.normal_(0, 0.01, generator=generator)
+            classifier.bias.zero_()
+        else:
+            torch.nn.init.kaiming_uniform_(classifier.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(dim)
+            classifier.bias.uniform_(-bound, bound, generator=generator)
     classifier.to(device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps, eta_min=lr * 1e-4)
-    return classifier, optimizer, schedule
+    if schedule == "cosine":
+        steps = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, epochs * steps_per_epoch, eta_min=lr * final_lr_ratio
+        )
+    else:
+        gamma = final_lr_ratio ** (1 / epochs)
+        steps = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** (step // steps_per_epoch))
+    return classifier, optimizer, steps
 
 
 @torch.no_grad()
@@ -120,6 +165,10 @@ def _linear_probe_streamed(
     seed: int,
     sharded: bool,
     block_rows: int,
+    standardize: bool,
+    schedule: ProbeSchedule,
+    final_lr_ratio: float,
+    init: ProbeInit,
 ) -> float:
     """:func:`linear_probe` over features that one process cannot or should not hold whole. Host
     memory holds one block (``block_rows`` x D float32: 128 MB at D = 2048). Each rank takes
@@ -130,7 +179,10 @@ def _linear_probe_streamed(
     world = world_size() if sharded else 1
     local_batch = max(batch_size // world, 1)
     generator = torch.Generator().manual_seed(seed)
-    mean, std = _mean_std(train_features, device, block_rows, sharded)
+    if standardize:
+        mean, std = _mean_std(train_features, device, block_rows, sharded)
+    else:
+        mean, std = torch.zeros((), device=device), torch.ones((), device=device)
     classes = torch.tensor([int(train_labels.max()) + 1 if len(train_labels) else 0, int(test_labels.max()) + 1])
     if sharded:
         classes = all_reduce(classes, dist.ReduceOp.MAX)
@@ -139,9 +191,10 @@ def _linear_probe_streamed(
     ]
     steps = torch.tensor(sum(-(-(end - start) // local_batch) for start, end in blocks))
     steps_per_epoch = int(all_reduce(steps, dist.ReduceOp.MAX)) if sharded else int(steps)
-    classifier, optimizer, schedule = _classifier(
-        train_features.shape[1], int(classes.max()), device, generator, lr, weight_decay, epochs * steps_per_epoch
-    )
+    classifier, optimizer, steps = _classifier(
+        train_features.shape[1], int(classes.max()), device, generator, lr, weight_decay, epochs, steps_per_epoch,
+        schedule, final_lr_ratio, init,
+    )  # fmt: skip
     labels = train_labels.to(device)
     for _ in range(epochs):
         batches = []
@@ -169,7 +222,7 @@ def _linear_probe_streamed(
                 for param in classifier.parameters():
                     param.grad.copy_(all_reduce(param.grad))
             optimizer.step()
-            schedule.step()
+            steps.step()
     with torch.no_grad():
         x_test = (test_features.float() - mean) / std
         return (classifier(x_test).argmax(1) == test_labels.to(device)).float().mean().item()

@@ -40,7 +40,9 @@ class SSLMethod(L.LightningModule):
     (what :class:`~spectral_ssl.engine.CUDAGraphStrategy` may capture); a subclass whose step does
     more (the supervised classifier reads labels) sets it False.
 
-    ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048].
+    ``projector_dims``: hidden widths then the embedding width, e.g. [2048, 2048, 2048];
+    ``projector_bias`` / ``projector_batch_norm``: the hidden layers' bias and BatchNorm
+    (:class:`~spectral_ssl.models.Projector`; solo-learn's heads: a bias; its SimCLR head: no BatchNorm).
     ``trainable``: ``all``, ``norm_only`` (only the backbone's normalization parameters train; all
     other weights stay at their seeded random initialization) or ``norm_and_head`` (those and the
     heads); see :func:`spectral_ssl.models.trainable.set_trainable`.
@@ -54,6 +56,8 @@ class SSLMethod(L.LightningModule):
         projector_dims: Sequence[int] = (2048, 2048, 2048),
         optimizer: OptimizerConfig = OptimizerConfig(),
         trainable: Trainable = "all",
+        projector_bias: bool = False,
+        projector_batch_norm: bool = True,
     ) -> None:
         super().__init__()
         backbone, optimizer = _config(BackboneConfig, backbone), _config(OptimizerConfig, optimizer)
@@ -67,7 +71,8 @@ class SSLMethod(L.LightningModule):
         )
         self.optimizer_config = optimizer
         self.backbone = backbone.build()
-        self.projector = Projector(self.backbone.feature_dim, projector_dims[:-1], projector_dims[-1])
+        self.head_layout = {"bias": projector_bias, "batch_norm": projector_batch_norm}
+        self.projector = self.head(self.backbone.feature_dim, projector_dims[:-1], projector_dims[-1])
         self.trainable, self.heads = trainable, [self.projector]
         self.target: MomentumTarget | None = None  # see add_momentum_target
         self.total_steps = 0  # optimizer steps of the whole run, planned at train start
@@ -78,18 +83,24 @@ class SSLMethod(L.LightningModule):
     def _count_trainable(self) -> None:
         self.num_trainable, self.num_parameters = set_trainable(self.backbone, self.heads, self.trainable)
 
+    def head(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> Projector:
+        """An MLP head in this method's projector layout (bias, BatchNorm), e.g. BYOL's predictor."""
+        return Projector(in_dim, hidden_dims, out_dim, **self.head_layout)
+
     def add_head(self, head: torch.nn.Module) -> torch.nn.Module:
         """Registers another trainable head (``trainable`` applies to it, and the count includes it)."""
         self.heads.append(head)
         self._count_trainable()
         return head
 
-    def add_momentum_target(self, base_momentum: float, final_momentum: float = 1.0) -> None:
+    def add_momentum_target(self, base_momentum: float, final_momentum: float = 1.0, lag: int = 0) -> None:
         """An EMA copy of backbone + projector, its momentum raised from ``base_momentum`` to
         ``final_momentum`` by a cosine over training (:func:`cosine_momentum`), updated after
-        every optimizer step."""
+        every optimizer step: after step k (1-based) with the m of step k - ``lag`` (0: the
+        official INTL code's, which moves its key encoder with m_k before the forward of step k + 1;
+        1: BYOL's and solo-learn's, which move the target after step k with tau_{k-1})."""
         self.target = MomentumTarget(self.backbone, self.projector)
-        self.momentum_range = (base_momentum, final_momentum)
+        self.momentum_range, self.momentum_lag = (base_momentum, final_momentum), lag
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         """Lightning's optimizer step, then the per-step state: the momentum target moves once per
@@ -111,7 +122,7 @@ class SSLMethod(L.LightningModule):
 
     def target_momentum(self, step: int) -> float:
         """The momentum target's m after optimizer step ``step`` (1-based) of the run's planned steps."""
-        return cosine_momentum(step, self.total_steps, *self.momentum_range)
+        return cosine_momentum(step - self.momentum_lag, self.total_steps, *self.momentum_range)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self.accumulated_micro_batches += 1  # back to 0 when this batch's gradients are stepped

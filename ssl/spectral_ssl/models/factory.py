@@ -113,6 +113,7 @@ class BackboneConfig:
     norm: str | None = None
     act: str | None = None
     cifar_stem: bool = False
+    cifar_stem_padding: int = 1
     zero_init_residual: bool = False
     width: int = 64
     norm_options: NormOptions = NormOptions()
@@ -134,6 +135,7 @@ def create_backbone(
     norm: str | None = None,
     act: str | None = None,
     cifar_stem: bool = False,
+    cifar_stem_padding: int = 1,
     zero_init_residual: bool = False,
     width: int = 64,
     norm_options: NormOptions | dict = NormOptions(),
@@ -155,7 +157,9 @@ def create_backbone(
 
     - ``resnet18``, ``resnet34``, ``resnet50``: torchvision's architecture and parameter names
       (:mod:`spectral_ssl.models.resnet`); ``cifar_stem``, ``width`` (the first stage's
-      channels, 64 in the paper), ``zero_init_residual``. Default norm ``bn``, act ``relu``.
+      channels, 64 in the paper), ``zero_init_residual``, ``cifar_stem_padding`` (2: the official
+      INTL and solo-learn CIFAR stem; see :class:`~spectral_ssl.models.resnet.ResNet`). Default
+      norm ``bn``, act ``relu``.
     - ``vit_tiny``, ``vit_small``, ``vit_base``: timm's VisionTransformer
       (:mod:`spectral_ssl.models.vit`) for ``image_size`` (224 when None) with ``patch_size``,
       ``embed_dim``, ``depth``, ``num_heads`` (None: the preset's) and ``pooling`` (``token``:
@@ -185,8 +189,8 @@ def create_backbone(
     if isinstance(norm_options, dict):
         norm_options = NormOptions(**norm_options)
     model = _build(
-        name, norm, act, cifar_stem, zero_init_residual, width, norm_options, image_size, view_sizes or (), patch_size,
-        embed_dim, depth, num_heads, pooling,
+        name, norm, act, cifar_stem, cifar_stem_padding, zero_init_residual, width, norm_options, image_size,
+        view_sizes or (), patch_size, embed_dim, depth, num_heads, pooling,
     )  # fmt: skip
     size = image_size or getattr(model, "pretrained_cfg", {}).get("input_size", (default_image_size(cifar_stem),))[-1]
     model.feature_dim = checked_feature_width(model, name, size, view_sizes)
@@ -200,8 +204,8 @@ def default_image_size(cifar_stem: bool) -> int:
 
 
 def _build(
-    name, norm, act, cifar_stem, zero_init_residual, width, norm_options, image_size, view_sizes, patch_size,
-    embed_dim, depth, num_heads, pooling,
+    name, norm, act, cifar_stem, cifar_stem_padding, zero_init_residual, width, norm_options, image_size, view_sizes,
+    patch_size, embed_dim, depth, num_heads, pooling,
 ) -> nn.Module:  # fmt: skip
     norm, act = resolved_norm_act(name, norm, act)
     if name.startswith("timm:"):
@@ -237,6 +241,7 @@ def _build(
         out_act_layer=out_act_fn,
         width=width,
         cifar_stem=cifar_stem,
+        cifar_stem_padding=cifar_stem_padding,
         zero_init_residual=zero_init_residual,
         skip_init=norm == "none",
     )

@@ -118,7 +118,11 @@ class ResNet(nn.Module):
     """ResNet trunk: stem, four stages, global average pooling; no classifier.
 
     ``cifar_stem=True`` replaces the 7x7/2 convolution and max-pool with a 3x3/1 convolution and no
-    pooling (for 32x32 and smaller inputs; without it CIFAR accuracy drops by about 10 points).
+    pooling (for 32x32 and smaller inputs; without it CIFAR accuracy drops by about 10 points),
+    padded by ``cifar_stem_padding`` (1: maps of the input's size; 2: two pixels larger, 34 x 34
+    from CIFAR's 32, as the official INTL code (a zero pad of 1, then padding 1) and solo-learn
+    (padding 2) build it) and left at torch's default initialisation, as both sources leave it
+    (they replace torchvision's ``conv1`` after its Kaiming initialisation).
     ``width`` is the first stage's channel count (64 in the paper); stages use 1, 2, 4, 8 times it.
     Activation modules are separate per position and built with their channel count (unlike
     torchvision's one shared ``relu``), so per-channel activations such as PLN are possible;
@@ -136,6 +140,7 @@ class ResNet(nn.Module):
         out_act_layer: ActLayer | None = None,
         width: int = 64,
         cifar_stem: bool = False,
+        cifar_stem_padding: int = 1,
         zero_init_residual: bool = False,
         skip_init: bool = False,
         in_chans: int = 3,
@@ -146,7 +151,7 @@ class ResNet(nn.Module):
         )
         self.inplanes = width
         if cifar_stem:
-            self.conv1 = conv3x3(in_chans, width)
+            self.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=cifar_stem_padding, bias=False)
             self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
@@ -161,7 +166,7 @@ class ResNet(nn.Module):
         self.num_features = width * 8 * block.expansion
 
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not (cifar_stem and m is self.conv1):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_residual:
             for m in self.modules():
