@@ -5,6 +5,11 @@
     python tools/benchmark.py scale [--quick] [--out table.md]
     python tools/benchmark.py backbones [--batch N] [--out table.md]
     python tools/benchmark.py peers [--quick] [--no-peer] [--out table.md]
+    python tools/benchmark.py quality [--methods ...] [--seeds 0 1 2] [--epochs 4] [--quick] [--out folder]
+
+``quality``: every method's kNN (both protocols), fast linear top-1 and effective rank on
+Fashion-MNIST at one CPU budget, seeds, mean +- std and paired tests, beside raw pixels and the
+random network (see ``tools/quality_benchmark.py``).
 
 ``peers``: lightly's documented Barlow Twins pipeline and ours side by side in one process tree
 (data path per image and per batch at 0 and 2 workers, model step, training images/s, peak memory);
@@ -629,7 +634,24 @@ def main() -> None:
     peers.add_argument("--steps", type=int, default=6, help="timed training steps")
     peers.add_argument("--rounds", type=int, default=2, help="alternations of lightly and ours")
     peers.add_argument("--out", type=Path, help="also write the markdown table here")
+    quality = sub.add_parser("quality", help="every method's accuracy on Fashion-MNIST at one CPU budget, seeds")
+    quality.add_argument("--methods", nargs="+", default=None, help="default: all seven")
+    quality.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    quality.add_argument("--epochs", type=int, default=4)
+    quality.add_argument("--root", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    quality.add_argument("--quick", action="store_true", help="a tiny run on generated IDX files (the test suite's)")
+    quality.add_argument("--extra", nargs="*", default=[], help="more pretrain flags for every run")
+    quality.add_argument("--peer", action="store_true", help="also lightly's implementation (the [bench] extra)")
+    quality.add_argument(
+        "--out", type=Path, default=Path("checkpoints/quality"), help="folder: quality.md, .csv, runs/"
+    )
     args = parser.parse_args()
+    if args.benchmark == "quality":
+        from quality_benchmark import METHODS, run_quality
+
+        args.methods = args.methods or METHODS
+        print(run_quality(args))
+        return
     if args.benchmark == "peers":
         from peers_benchmark import run_peers
 

@@ -106,6 +106,48 @@ def read_pretraining_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def training_data(path: str | Path | None) -> tuple[dict | None, dict | None]:
+    """What a checkpoint or an exported backbone says of the data it was trained on: (its dataset
+    as a config section, ``{"class_path": ..., "init_args": {...}}``, what ``--data`` takes; its
+    statistics, ``{"mean", "std", "image_size", "num_classes"}``), each None where it does not say
+    (checkpoints written before they carried them, a model trained outside the commands, no path or
+    one that is no file: what reads it next names that)."""
+    if not path or not Path(path).is_file():
+        return None, None
+    path = Path(path)
+    if path.suffix in (".safetensors", ".pth"):
+        data = read_backbone_metadata(path).get("data") or {}
+        return data.get("config"), {k: v for k, v in data.items() if k != "config"} or None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return data_config(checkpoint.get("datamodule_hyper_parameters")), checkpoint.get("data_statistics")
+
+
+def check_same_data(statistics: Mapping | None, image_size: int, num_classes: int | None, source: str) -> None:
+    """Refuses evaluation data whose image size or number of classes is not the training data's
+    (``statistics``, from :func:`training_data`): a CIFAR checkpoint evaluated on the digits
+    would print a number that means nothing. ValueError naming both and the way to do it on purpose."""
+    if not statistics:
+        return
+    trained = (statistics["image_size"], statistics.get("num_classes"))
+    if image_size != trained[0] or (num_classes and trained[1] and num_classes != trained[1]):
+
+        def images(size, classes) -> str:
+            return f"{size} px images" + (f" of {classes} classes" if classes else "")
+
+        raise ValueError(
+            f"{source} was trained on {images(*trained)}; the data given has {images(image_size, num_classes)}. Leave "
+            "--data out to evaluate on its own dataset (its root: --data.init_args.root=...), or add --other_data=true "
+            "to evaluate on this one on purpose"
+        )
+
+
+def data_config(hparams: Mapping | None) -> dict | None:
+    """Lightning's ``datamodule_hyper_parameters`` (the class in ``_class_path``) as a config section."""
+    if not hparams or "_class_path" not in hparams:
+        return None
+    return {"class_path": hparams["_class_path"], "init_args": {k: v for k, v in hparams.items() if k[0] != "_"}}
+
+
 def submodule_state(checkpoint: Mapping, prefix: str) -> dict[str, Tensor]:
     """The tensors of one submodule (``"backbone."``) of a checkpoint, without the prefix."""
     return {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -122,6 +164,8 @@ def backbone_state(checkpoint: Mapping, source: str | Path) -> tuple[dict[str, T
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
+    if statistics := checkpoint.get("data_statistics"):  # the training data: its config and its input's statistics
+        metadata["data"] = {"config": data_config(checkpoint.get("datamodule_hyper_parameters")), **statistics}
     return submodule_state(checkpoint, "backbone."), metadata
 
 
@@ -137,9 +181,9 @@ def build_from_metadata(metadata: Mapping) -> nn.Module:
         ) from error
 
 
-def load_backbone(path: str | Path) -> nn.Module:
-    """Rebuild an exported backbone from ``backbone.safetensors`` (metadata in its header) or from
-    ``backbone.pth`` + the ``backbone.json`` beside it, and load its weights. Nothing is unpickled."""
+def read_backbone_metadata(path: str | Path) -> dict:
+    """The description ``spectral-ssl export`` wrote for an exported backbone: in the header of
+    ``backbone.safetensors``, or in the ``backbone.json`` beside ``backbone.pth``."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.exists():
@@ -147,23 +191,43 @@ def load_backbone(path: str | Path) -> nn.Module:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 header = handle.metadata() or {}
-            state = load_file(str(path))
         except Exception as error:  # safetensors' own error type: a damaged or foreign file
             raise ValueError(
                 f"{path} is not a readable safetensors file ({error}); export it again with spectral-ssl export"
             ) from error
         if METADATA_KEY not in header:
             raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by spectral-ssl export")
-        metadata = json.loads(header[METADATA_KEY])
+        return json.loads(header[METADATA_KEY])
+    meta_path = path.with_name("backbone.json") if path.name == "backbone.pth" else path.with_suffix(".json")
+    if not meta_path.exists():
+        raise FileNotFoundError(
+            f"{meta_path} (the metadata written beside {path.name} by spectral-ssl export) is missing"
+        )
+    return json.loads(meta_path.read_text())
+
+
+def load_backbone(path: str | Path) -> nn.Module:
+    """Rebuild an exported backbone from ``backbone.safetensors`` (metadata in its header) or from
+    ``backbone.pth`` + the ``backbone.json`` beside it, and load its weights. Nothing is unpickled.
+    Its input, as timm models describe theirs, is ``model.pretrained_cfg`` (``mean``, ``std``,
+    ``input_size``: the training data's; ``timm.data.resolve_data_config(model=model)`` reads it),
+    when the export knew the data."""
+    path = Path(path)
+    metadata = read_backbone_metadata(path)
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors' own error type: a damaged or foreign file
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({error}); export it again with spectral-ssl export"
+            ) from error
     else:
-        meta_path = path.with_name("backbone.json") if path.name == "backbone.pth" else path.with_suffix(".json")
-        if not meta_path.exists():
-            raise FileNotFoundError(
-                f"{meta_path} (the metadata written beside {path.name} by spectral-ssl export) is missing"
-            )
-        metadata, state = json.loads(meta_path.read_text()), load_tensors(path)
+        state = load_tensors(path)
     model = build_from_metadata(metadata)
     load_weights(model, state, source=str(path))
+    if data := metadata.get("data"):
+        size = data["image_size"]
+        model.pretrained_cfg = {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "input_size": (3, size, size)}
     return model.eval()
 
 

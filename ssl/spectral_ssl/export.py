@@ -103,10 +103,11 @@ def _write_timm(target: Path, *, state, metadata, model, example, **_) -> str | 
 
     twin = timm.create_model(architecture, pretrained=False, **{"num_classes": 0, **model_args})
     twin.load_state_dict(state)
+    data = metadata.get("data") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}  # checkpoints from before they said
     preprocessing = {
         "input_size": tuple(example.shape[1:]),
-        "mean": tuple(IMAGENET_MEAN),
-        "std": tuple(IMAGENET_STD),
+        "mean": tuple(data["mean"]),
+        "std": tuple(data["std"]),
         "interpolation": "bilinear",
         "crop_pct": 0.875,
     }

@@ -243,7 +243,7 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     current = _with_added_defaults(_with_own_norm_act(flat_config(current)))
     allowed, refused = [], []
     for key in sorted(saved.keys() | current.keys()):
-        if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key):
+        if key.split(".")[0] in NOT_THE_RUN or saved.get(key) == current.get(key) or _unrecorded(saved.get(key)):
             continue
         may_change = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
         (allowed if may_change else refused).append(f"{key}: {saved.get(key)} -> {current.get(key)}")
@@ -268,6 +268,14 @@ def _with_added_defaults(flat: dict[str, Any]) -> dict[str, Any]:
         if not dataclasses.is_dataclass(field.default)
     }
     return {**defaults, **flat}
+
+
+def _unrecorded(value) -> bool:
+    """A saved value jsonargparse could not write (runs saved while the datamodules' default view
+    recipes were dataclass instances: ``"Unable to serialize instance Augmentation(...)"``): the
+    dataset's own default, which the current config says with null."""
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and v.startswith("Unable to serialize instance") for v in values)
 
 
 def _with_own_norm_act(flat: dict[str, Any]) -> dict[str, Any]:

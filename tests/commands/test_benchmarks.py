@@ -29,3 +29,25 @@ def test_peers_benchmark_quick(root, tmp_path):
         assert (cells[1] != "-") == installed  # the peer's column: filled exactly when lightly is there
     if not installed:
         assert "lightly is not installed" in table and "the peer's columns are skipped" in table
+
+
+def test_quality_benchmark_quick(root, tmp_path):
+    """``tools/benchmark.py quality --quick``: generated IDX files, one method, one seed, one epoch;
+    the table and CSV with raw pixels, the random network and the method (lightly's beside it when
+    installed); a second invocation into the same folder runs nothing again."""
+    command = [sys.executable, str(root / "tools" / "benchmark.py"), "quality", "--quick", "--peer",
+               "--methods", "simclr", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in (tmp_path / "quality.md").read_text().splitlines()[4:]]
+    try:
+        import lightly  # noqa: F401
+
+        peer = ["simclr, lightly"]
+    except ImportError:
+        peer = []
+    assert rows == ["raw pixels", "random network", "simclr", *peer]
+    csv_rows = (tmp_path / "quality.csv").read_text().splitlines()
+    again = subprocess.run(command, capture_output=True, text=True, cwd=root)
+    assert again.returncode == 0 and (tmp_path / "quality.csv").read_text().splitlines() == csv_rows
+    assert "max_epochs=1` reached" not in again.stdout + again.stderr  # nothing trained the second time

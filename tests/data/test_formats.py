@@ -223,3 +223,89 @@ def test_a_damaged_cifar_batch_names_the_file_and_the_layout(tmp_path, damage, m
     with pytest.raises(ValueError, match=message) as error:
         CIFARDataModule(root=str(tmp_path)).setup()
     assert "data_batch_1" in str(error.value) and "expected torchvision's CIFAR python batch" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "variant, folder", [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST"), ("kmnist", "KMNIST")]
+)
+def test_the_mnist_family_reads_what_torchvisions_readers_read(tmp_path, variant, folder):
+    """Small IDX files in torchvision's layout (<root>/<Name>/raw/, uncompressed, as its download
+    leaves them) read as torchvision's own class reads them; the same files gzipped in a flat
+    folder (Debian's dataset-fashion-mnist layout) read the same."""
+    import torchvision
+
+    from spectral_ssl.data import MNISTDataModule
+    from spectral_ssl.data.synthetic import write_idx_folder
+
+    write_idx_folder(tmp_path / "raw_layout" / folder / "raw", train_images=30, test_images=12)
+    write_idx_folder(tmp_path / "flat", train_images=30, test_images=12, gzipped=True)
+    reference = {"FashionMNIST": torchvision.datasets.FashionMNIST, "MNIST": torchvision.datasets.MNIST,
+                 "KMNIST": torchvision.datasets.KMNIST}[folder]  # fmt: skip
+    for layout in ("raw_layout", "flat"):
+        data = MNISTDataModule(root=str(tmp_path / layout), variant=variant)
+        data.setup("fit")
+        for split, train in (("train", True), ("test", False)):
+            theirs = reference(str(tmp_path / "raw_layout"), train=train, download=False)
+            images, labels = data.splits[split]
+            assert images.shape == (len(theirs.data), 3, 28, 28) and images.dtype == torch.uint8
+            assert all(torch.equal(images[:, c], theirs.data) for c in range(3))  # grey, repeated to 3 channels
+            assert torch.equal(labels, theirs.targets)
+    assert data.num_classes == 10 and data.image_size == 28
+    pixels = data.splits["train"][0][:, 0].double() / 255
+    assert data.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-6)
+
+
+def test_emnist_splits_read_as_torchvision_reads_them(tmp_path):
+    import torchvision
+
+    from spectral_ssl.data import MNISTDataModule
+    from spectral_ssl.data.synthetic import write_idx_folder
+
+    write_idx_folder(tmp_path / "EMNIST" / "raw", 30, 12, 47, prefix=("emnist-balanced-train", "emnist-balanced-test"))
+    data = MNISTDataModule(root=str(tmp_path), variant="emnist_balanced")
+    data.setup("fit")
+    theirs = torchvision.datasets.EMNIST(str(tmp_path), split="balanced", train=True, download=False)
+    assert torch.equal(data.splits["train"][0][:, 0], theirs.data) and torch.equal(
+        data.splits["train"][1], theirs.targets
+    )
+    assert data.num_classes == 47
+
+
+def damaged_idx(folder, damage: str) -> None:
+    """One file of a written flat folder damaged."""
+    import gzip
+
+    images = folder / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    if damage == "magic":
+        images.write_bytes(gzip.compress(b"\x00\x00\x08\x04" + raw[4:]))
+    elif damage == "truncated":
+        images.write_bytes(gzip.compress(raw[:-100]))
+    elif damage == "labels":
+        from spectral_ssl.data.synthetic import idx_bytes
+
+        (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(29, dtype=np.uint8))))
+    elif damage == "missing":
+        images.unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("magic", r"train-images-idx3-ubyte.gz: magic number 2052, not 2051: not an IDX file of uint8 images"),
+        ("truncated", r"train-images-idx3-ubyte.gz: truncated: 23420 data bytes for 30 x 28 x 28"),
+        ("labels", r"train-images-idx3-ubyte.gz holds 30 images but .*train-labels-idx1-ubyte.gz 29 labels"),
+        ("missing", r"fashion_mnist not found: no .*/FashionMNIST/raw/train-images-idx3-ubyte\[.gz\] or "
+                    r".*/train-images-idx3-ubyte\[.gz\]. Expected the four IDX files"),
+    ],
+)  # fmt: skip
+def test_a_damaged_or_missing_idx_file_is_one_error_naming_it(tmp_path, damage, message, tiny):
+    from spectral_ssl.commands import main
+    from spectral_ssl.data.synthetic import write_idx_folder
+
+    write_idx_folder(tmp_path / "flat", train_images=30, test_images=12, gzipped=True)
+    damaged_idx(tmp_path / "flat", damage)
+    with pytest.raises(SystemExit, match=f"error: .*{message}"):
+        main(["pretrain", *tiny, "--data=spectral_ssl.data.MNISTDataModule", f"--data.root={tmp_path / 'flat'}",
+              "--data.batch_size=8", "--trainer.max_steps=1", "--output_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert not list((tmp_path / "runs").glob("**/*.ckpt"))

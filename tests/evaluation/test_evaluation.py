@@ -204,6 +204,7 @@ def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
             f"--data.root={tmp_path / 'cifar'}",
             "--data.num_workers=0",
             "--k=[5]",
+            "--other_data=true",  # a digits checkpoint: read other formats on purpose
         ]
     )
     assert set(results) == {"weighted k=5 T=0.07", "5-NN L2 (INTL)"}
@@ -218,6 +219,7 @@ def test_commands_read_cifar_and_image_folder_formats(checkpoint, tmp_path):
             "--data.image_size=32",
             "--data.eval_resize=32",
             "--data.num_workers=0",
+            "--other_data=true",
         ]
     )
     assert 0.0 <= top1 <= 1.0
@@ -238,6 +240,7 @@ def test_linear_configs_run(checkpoint, tmp_path, name):
     elif "imagenet" in name:
         write_image_folder(root, corrupt=False)
     data_root = [] if name == "digits" else [f"--data.init_args.root={root}", "--data.init_args.num_workers=0"]
+    data_root += [] if name == "digits" else ["--other_data=true"]  # the protocol's config on a digits checkpoint
     cli = main(
         [
             "linear",
@@ -308,9 +311,9 @@ def test_counts_are_of_the_images_used_not_of_the_files_listed(checkpoint, tmp_p
     data = ["--data=spectral_ssl.data.ImageFolderDataModule", f"--data.root={root}", "--data.num_workers=0"]
     data += ["--data.image_size=32", "--data.eval_resize=32"]
     capsys.readouterr()
-    main(["knn", str(checkpoint), *data, "--k=[5]"])
+    main(["knn", str(checkpoint), *data, "--k=[5]", "--other_data=true"])  # a digits checkpoint on a tree
     assert "features: 58 train x 64" in capsys.readouterr().out
-    main(["spectrum", str(checkpoint), *data, "--split=train", f"--out={tmp_path / 'spectrum'}"])
+    main(["spectrum", str(checkpoint), *data, "--split=train", f"--out={tmp_path / 'spectrum'}", "--other_data=true"])
     assert "(58 images of the train split)" in capsys.readouterr().out
     cli = main(
         [
@@ -418,9 +421,9 @@ def test_the_official_intl_evaluation_configs_run(checkpoint, tmp_path, dataset,
     images normalized as the official code does, CIFAR-10's statistics for both CIFARs."""
     name = "cifar10" if dataset == "digits" else dataset
     data = ["--data=spectral_ssl.data.DigitsDataModule"]
-    if dataset != "digits":
+    if dataset != "digits":  # a digits checkpoint, read as CIFAR on purpose
         write_cifar_folder(tmp_path / "cifar", 20 if name == "cifar10" else 10, 8, num_classes=int(name[5:]))
-        data = [f"--data.init_args.root={tmp_path / 'cifar'}", "--data.init_args.num_workers=0"]
+        data = [f"--data.init_args.root={tmp_path / 'cifar'}", "--data.init_args.num_workers=0", "--other_data=true"]
     top1 = main(["linear-fast", str(checkpoint), "--config", f"linear_fast/intl_{name}", *data, "--epochs=3"])
     assert 0.0 <= top1 <= 1.0 and "linear top-1 (fast, cached features, 3 epochs)" in capsys.readouterr().out
     results = main(["knn", str(checkpoint), "--config", f"knn/intl_{name}", *data, "--k=[3]"])
@@ -432,3 +435,50 @@ def test_the_official_intl_evaluation_configs_run(checkpoint, tmp_path, dataset,
                 main([command, str(checkpoint), "--config", config, *data, "--print_config"])
             printed = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
             assert printed["eval_mean"] == [0.4914, 0.4822, 0.4465] and printed["eval_std"] == [0.247, 0.243, 0.261]
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """A tiny ViT pretrained on CIFAR-format data (80 train, 20 test images): its checkpoint."""
+    out = tmp_path_factory.mktemp("cifar_run")
+    write_cifar_folder(out / "data", train_images=80, test_images=20)
+    data = ["--data=spectral_ssl.data.CIFARDataModule", f"--data.root={out / 'data'}", "--data.num_workers=0"]
+    vit = ["--model.backbone.name=vit_tiny", "--model.backbone.depth=1", "--model.backbone.embed_dim=24"]
+    main(
+        ["pretrain", "--config", str(ROOT / "configs" / "quickstart.yaml"), *data, "--data.batch_size=16", *vit,
+         "--model.backbone.num_heads=2", "--model.projector_dims=[32,32]", "--trainer.max_steps=2",
+         "--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--output_dir", str(out), "--run_name", "cifar",
+         *FAST_RUN]
+    )  # fmt: skip
+    return out / "cifar" / "checkpoints" / "last.ckpt"
+
+
+def test_a_checkpoint_knows_its_data(cifar_run, tmp_path, capsys):
+    """knn, linear-fast, spectrum and linear on a CIFAR checkpoint with no --data evaluate CIFAR
+    (they evaluated the digits); other data of another size is refused unless said on purpose; the
+    export's timm folder and load_backbone carry CIFAR's mean, std and size."""
+    from spectral_ssl.checkpoints import load_backbone
+    from spectral_ssl.data import CIFARDataModule
+    from spectral_ssl.export import export_backbone
+
+    assert set(main(["knn", str(cifar_run), "--k=[5]"])) == {"weighted k=5 T=0.07", "5-NN L2 (INTL)"}
+    assert "features: 80 train" in capsys.readouterr().out
+    main(["linear-fast", str(cifar_run), "--epochs=2"])
+    assert "(extraction" in capsys.readouterr().out
+    main(["spectrum", str(cifar_run), "--out", str(tmp_path / "spectrum")])
+    assert "20 images of the test split" in capsys.readouterr().out
+    cli = main(["linear", str(cifar_run), "--trainer.max_steps=1", "--output_dir", str(tmp_path), *FAST_RUN])
+    assert type(cli.datamodule).__name__ == "CIFARDataModule" and cli.datamodule.root == cifar_run.parents[2] / "data"
+    refusal = r"error: .*last.ckpt was trained on 32 px images of 10 classes; the data given has 16 px images"
+    with pytest.raises(SystemExit, match=refusal + r" of 10 classes.*--other_data=true"):
+        main(["knn", str(cifar_run), "--data=spectral_ssl.data.DigitsDataModule"])
+    main(["knn", str(cifar_run), "--data=spectral_ssl.data.DigitsDataModule", "--other_data=true", "--k=[5]"])
+    files = export_backbone(cifar_run, tmp_path / "export", formats=["safetensors", "timm"], log=lambda *_: None)
+    import json
+
+    config = json.loads((files["timm"] / "config.json").read_text())["pretrained_cfg"]
+    mean, std = CIFARDataModule.STATS[10]
+    assert config["mean"] == list(mean) and config["std"] == list(std) and config["input_size"] == [3, 32, 32]
+    loaded = load_backbone(files["safetensors"])
+    assert loaded.pretrained_cfg == {"mean": mean, "std": std, "input_size": (3, 32, 32)}
+    assert main(["knn", str(files["safetensors"]), "--k=[5]"])  # an export knows its data too

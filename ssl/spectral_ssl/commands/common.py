@@ -130,7 +130,7 @@ def shipped_config_names() -> list[str]:
     return sorted(names)
 
 
-VARIANTS = ("vit_small",)
+VARIANTS = ("vit_small", "cpu")
 """Files of a dataset folder that go on top of any of its methods (``<method>_<variant>``)."""
 
 
@@ -205,7 +205,11 @@ def add_config_arguments(parser: ArgumentParser) -> None:
 
 
 def parse_with_default_classes(
-    parser: ArgumentParser, args: list[str], defaults: Mapping[str, str], bases: Mapping[str, type]
+    parser: ArgumentParser,
+    args: list[str],
+    defaults: Mapping[str, str | dict],
+    bases: Mapping[str, type],
+    better_defaults: Callable[[Namespace], Mapping[str, dict | None]] | None = None,
 ) -> Namespace:
     """``parser.parse_args(args)`` with a default class for each section of ``defaults``
     (``{"data": DEFAULT_DATA}``) that applies only when no argument names that section's class.
@@ -215,9 +219,13 @@ def parse_with_default_classes(
     for ``--data.batch_size`` or ``--model.backbone.width`` with no class named), it is tried
     again with the default class of ``data``, then of ``model``, then both; the first that parses
     with real classes wins (an error of another kind fails every try and is reported from the
-    last). A section left empty gets its default class. The parser's ``--print_config`` (a plain
-    flag, see :func:`command_parser`) then prints the config with its classes and exits."""
-    defaults = {key: {"class_path": path} for key, path in defaults.items()}
+    last). A section left empty gets its default class. ``better_defaults(config)``: defaults known
+    once the rest is parsed (an evaluated checkpoint's own dataset, a whole section with its
+    init_args): a section that took its default takes these instead (the command line's values for
+    it still apply). The parser's ``--print_config`` (a plain flag, see :func:`command_parser`)
+    then prints the config with its classes and exits."""
+    given = defaults
+    defaults = {key: value if isinstance(value, dict) else {"class_path": value} for key, value in defaults.items()}
     tries = [set(chosen) for chosen in ((), ("data",), ("model",), ("data", "model"))]
     tries = [chosen for chosen in tries if chosen <= defaults.keys()]
     for attempt, chosen in enumerate(tries):
@@ -234,6 +242,11 @@ def parse_with_default_classes(
     if empty := {key: value for key, value in defaults.items() if config.get(key) is None}:
         parser.set_defaults(empty)
         config = parser.parse_args(args)
+    if better_defaults is not None:  # the sections that took their default, with better ones now known
+        better = {key: value for key, value in better_defaults(config).items() if value}
+        taken = (chosen | empty.keys()) & better.keys()
+        if taken:
+            return parse_with_default_classes(parser, args, {**given, **{k: better[k] for k in taken}}, bases)
     if config.pop("print_config"):
         print(parser.dump(config, skip_none=False), end="")
         sys.exit(0)

@@ -1,8 +1,9 @@
 """The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum`` and ``spectral-ssl
 linear-fast``, on a pretraining checkpoint or an exported backbone.
 
-Each reads the dataset through the same datamodules as pretraining (``--data`` as in
-``spectral-ssl pretrain``, the built-in digits by default), extracts features of the clean
+Each reads the dataset through the same datamodules as pretraining: the one the checkpoint was
+trained on, by default (its class and settings, saved in the checkpoint; the digits for a
+checkpoint that does not say), or ``--data`` as in ``spectral-ssl pretrain``; extracts features of the clean
 images with the backbone in eval mode (sharded over the processes when started by torchrun),
 prints its numbers and returns them.
 
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from ..checkpoints import load_encoder
+from ..checkpoints import check_same_data, load_encoder, training_data
 from ..data import SSLDataModule, balanced_subset
 from ..distributed import rank, total_over_ranks
 from ..evaluation import (
@@ -54,7 +55,15 @@ def _parser(prog: str, description: str) -> ArgumentParser:
         type=str,
         help="pretraining checkpoint (.ckpt) or exported backbone (backbone.safetensors / backbone.pth)",
     )
-    parser.add_subclass_arguments(SSLDataModule, "data", required=False, help="the dataset (default: digits)")
+    parser.add_subclass_arguments(
+        SSLDataModule, "data", required=False, help="the dataset (default: the checkpoint's own; else the digits)"
+    )
+    parser.add_argument(
+        "--other_data",
+        type=bool,
+        default=False,
+        help="evaluate on data of another image size or number of classes than the checkpoint's, on purpose",
+    )
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--precision", type=str, default="32", choices=["32", "bf16"], help="feature extraction")
     parser.add_argument("--batch_size", type=int, default=512)
@@ -74,7 +83,13 @@ def _parser(prog: str, description: str) -> ArgumentParser:
 
 
 def _setup(parser: ArgumentParser, args: list[str]):
-    config = parse_with_default_classes(parser, args, {"data": DEFAULT_DATA}, {"data": SSLDataModule})
+    config = parse_with_default_classes(
+        parser,
+        args,
+        {"data": DEFAULT_DATA},
+        {"data": SSLDataModule},
+        lambda c: {"data": training_data(c.checkpoint)[0]},
+    )
     init = parser.instantiate_classes(config)
     if getattr(init.data, "index_cache", "") is None:  # reuse the pretraining run's file index
         init.data.index_cache = str(RunFolder.of_checkpoint(config.checkpoint).index)
@@ -87,6 +102,9 @@ def _setup(parser: ArgumentParser, args: list[str]):
     device = config.device
     if device == "auto":
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    if not config.other_data:
+        statistics = training_data(config.checkpoint)[1]
+        check_same_data(statistics, init.data.image_size, getattr(init.data, "num_classes", None), config.checkpoint)
     backbone, projector = load_encoder(config.checkpoint)
     backbone.to(device)
     if projector is not None:

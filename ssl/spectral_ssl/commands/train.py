@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from ..checkpoints import training_loops
+from ..checkpoints import check_same_data, training_data, training_loops
 from ..data import LinearEvaluationData, ResumableLoader, SkippedImagesReport
 from ..engine import SpeedOptions
 from ..evaluation import HeldOutFeatures, KNNMonitor, LinearClassifier, OnlineLinearProbe, SpectrumMonitor
@@ -109,7 +109,12 @@ class TrainCLI(LightningCLI):
         """Parses ``args`` (Lightning's own method warns when ``sys.argv`` holds the command's
         name), the default classes applied by :func:`.common.parse_with_default_classes`."""
         bases = {"data": self._datamodule_class, "model": self._model_class}
-        self.config = parse_with_default_classes(parser, args, self.default_classes, bases)
+        evaluated = (
+            (lambda c: {"data": training_data(c.model.checkpoint or c.evaluate)[0]})
+            if self.evaluates_checkpoint
+            else None
+        )
+        self.config = parse_with_default_classes(parser, args, self.default_classes, bases, evaluated)
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")
@@ -130,6 +135,12 @@ class TrainCLI(LightningCLI):
                 type=str | None,
                 default=None,
                 help="the checkpoint to evaluate (the same as --model.checkpoint)",
+            )
+            parser.add_argument(
+                "--other_data",
+                type=bool,
+                default=False,
+                help="evaluate on data of another image size or number of classes than the checkpoint's, on purpose",
             )
         parser.add_argument("--run_name", type=str, default="run", help="outputs go to <output_dir>/<run_name>/")
         parser.add_argument("--output_dir", type=str, default="checkpoints", help="parent folder of all runs")
@@ -343,6 +354,9 @@ def linear(args: list[str]) -> TrainCLI:
         monitors=False,
         evaluates_checkpoint=True,
     )
+    if not cli.config_init["other_data"]:
+        data, checkpoint = cli.datamodule, cli.model.hparams.checkpoint
+        check_same_data(training_data(checkpoint)[1], data.image_size, getattr(data, "num_classes", None), checkpoint)
     data = LinearEvaluationData(cli.datamodule)
     with warnings.catch_warnings():  # the frozen backbone is in eval mode on purpose (its BN statistics)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)

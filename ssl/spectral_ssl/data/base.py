@@ -13,6 +13,7 @@ its ``setup`` before anything reads the source."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -101,7 +102,8 @@ class SSLDataModule(ResumableDataModule):
 
     Pretraining batches are ``([view_0, ..., view_{V-1}], labels)``. ``augment`` is one recipe used
     for ``num_views`` views, or a list with one recipe per view (asymmetric views such as BYOL's, or
-    multi-crop: 2 global + N small crops of other sizes, then ``num_views`` is ignored). The view
+    multi-crop: 2 global + N small crops of other sizes, then ``num_views`` is ignored); None, the
+    dataset's own recipe. The view
     stream depends only on (``seed``, epoch, image): see :class:`~.views.SeededEpochSampler`.
     ``eval_resize``: side the evaluation images are resized to before a centre crop of
     ``image_size`` (file datasets; 256 for ImageNet's 224).
@@ -117,13 +119,18 @@ class SSLDataModule(ResumableDataModule):
         batch_size: int = 256,
         num_workers: int = 4,
         num_views: int = 2,
-        augment: Augmentation | list[Augmentation] = Augmentation(),
+        augment: Augmentation | list[Augmentation] | None = None,
         seed: int = 0,
         augment_on_device: bool = False,
     ) -> None:
         super().__init__()
+        # the dataset's own init args (the subclass's, through Lightning's frame walk; the commands'
+        # config under LightningCLI), in every checkpoint: evaluation and export know the data
+        self.save_hyperparameters(logger=False)
+        self.hparams.update({key: _plain(value) for key, value in self.hparams.items()})
+        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
-        self.augment, self.augment_on_device = augment, augment_on_device
+        self.augment, self.augment_on_device = augment or Augmentation(), augment_on_device
         self.device_views: DeviceViews | None = None  # augment_on_device's views
 
     # --- what a dataset implements ------------------------------------------------------------
@@ -232,6 +239,15 @@ class SSLDataModule(ResumableDataModule):
         """Clean labelled train images (a kNN bank, cached linear features) and the test images:
         :meth:`eval_dataloader` of both splits."""
         return self.eval_dataloader("train", batch_size), self.eval_dataloader("test", batch_size)
+
+
+def _plain(value):
+    """A hyper-parameter as plain values (a checkpoint loads with ``weights_only=True``): recipes as dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 class LinearEvaluationData(ResumableDataModule):

@@ -29,7 +29,7 @@ class DigitsDataModule(TensorSetDataModule):
         test_size: int = 360,
         image_size: int = 16,
         num_views: int = 2,
-        augment: Augmentation | list[Augmentation] = DIGITS_AUGMENTATION,
+        augment: Augmentation | list[Augmentation] | None = None,
         seed: int = 0,
         augment_on_device: bool = False,
     ) -> None:
@@ -37,7 +37,7 @@ class DigitsDataModule(TensorSetDataModule):
             batch_size=batch_size,
             num_workers=num_workers,
             num_views=num_views,
-            augment=augment,
+            augment=augment or DIGITS_AUGMENTATION,
             seed=seed,
             augment_on_device=augment_on_device,
         )

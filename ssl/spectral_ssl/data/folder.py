@@ -158,7 +158,7 @@ class ImageFolderDataModule(SSLDataModule):
         classes: list[str] | None = None,
         image_size: int = 224,
         eval_resize: int = 256,
-        augment: Augmentation | list[Augmentation] = IMAGENET_AUGMENTATION,
+        augment: Augmentation | list[Augmentation] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_corrupt: OnCorrupt = "skip",
@@ -174,7 +174,7 @@ class ImageFolderDataModule(SSLDataModule):
             batch_size=batch_size,
             num_workers=num_workers,
             num_views=num_views,
-            augment=augment,
+            augment=augment or IMAGENET_AUGMENTATION,
             seed=seed,
             augment_on_device=augment_on_device,
         )

@@ -1,8 +1,10 @@
 """Small datasets of random pixels in the real on-disk formats, for tests, benchmarks and a
-first smoke run: torchvision's CIFAR python folder and an ImageFolder tree of JPEG files."""
+first smoke run: torchvision's CIFAR python folder, the MNIST family's IDX files and an ImageFolder
+tree of JPEG files."""
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,3 +58,40 @@ def write_image_folder(
                 Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
     if corrupt:
         (root / "train" / classes[-1] / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8, 1 or 3 dimensions) in the IDX format: magic 0x0000080<ndim>, the dimensions
+    as big-endian int32, the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx_folder(
+    folder: str | Path,
+    train_images: int = 40,
+    test_images: int = 10,
+    num_classes: int = 10,
+    gzipped: bool = False,
+    prefix: tuple[str, str] = ("train", "t10k"),
+    seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The MNIST family's four IDX files in ``folder``: ``<train|t10k>-images-idx3-ubyte`` (28 x 28
+    images) and ``-labels-idx1-ubyte``, ``.gz`` when ``gzipped`` (EMNIST: ``prefix`` =
+    ("emnist-<split>-train", "emnist-<split>-test")). Returns {split: (images, labels)}."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, name, count in (("train", prefix[0], train_images), ("test", prefix[1], test_images)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, num_classes, count).astype(np.uint8)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            data = idx_bytes(array)
+            path = folder / f"{name}-{kind}-ubyte"
+            if gzipped:
+                path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+            else:
+                path.write_bytes(data)
+        written[split] = (images, labels)
+    return written

@@ -146,7 +146,7 @@ class CIFARDataModule(TensorSetDataModule):
         root: str = "data",
         num_classes: int = 10,
         download: bool = False,
-        augment: Augmentation | list[Augmentation] = CIFAR_AUGMENTATION,
+        augment: Augmentation | list[Augmentation] | None = None,
         batch_size: int = 256,
         num_workers: int = 4,
         num_views: int = 2,
@@ -159,7 +159,7 @@ class CIFARDataModule(TensorSetDataModule):
             batch_size=batch_size,
             num_workers=num_workers,
             num_views=num_views,
-            augment=augment,
+            augment=augment or CIFAR_AUGMENTATION,
             seed=seed,
             augment_on_device=augment_on_device,
         )

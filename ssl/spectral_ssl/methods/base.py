@@ -128,9 +128,19 @@ class SSLMethod(L.LightningModule):
         self.accumulated_micro_batches += 1  # back to 0 when this batch's gradients are stepped
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint written between the micro-batches of an accumulated step (SLURM's requeue
-        signal, a time-based checkpoint) carries the gradients summed so far, so that it resumes
-        exactly: Lightning saves none."""
+        """Every checkpoint carries the statistics of the data it was trained on (``data_statistics``:
+        the views' mean and std, image size, classes: what the export tells timm and other users),
+        beside Lightning's ``datamodule_hyper_parameters``. A checkpoint written between the
+        micro-batches of an accumulated step (SLURM's requeue signal, a time-based checkpoint)
+        carries the gradients summed so far, so that it resumes exactly: Lightning saves none."""
+        data = self._trainer.datamodule if self._trainer is not None else None
+        if data is not None and all(hasattr(data, key) for key in ("mean", "std", "image_size")):
+            checkpoint["data_statistics"] = {
+                "mean": [float(value) for value in data.mean],
+                "std": [float(value) for value in data.std],
+                "image_size": int(data.image_size),
+                "num_classes": int(data.num_classes) if getattr(data, "num_classes", None) else None,
+            }
         if self.accumulated_micro_batches:
             checkpoint["accumulated_gradients"] = {
                 "micro_batches": self.accumulated_micro_batches,
