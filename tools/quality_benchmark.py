@@ -243,6 +243,7 @@ def paired(a: list[float], b: list[float]) -> str:
 
 def table(rows: dict[str, list[dict]], args) -> str:
     lines = [
+        *(f"{note}\n" for note in getattr(args, "notes", [])),
         f"Fashion-MNIST, `fashion_mnist/<method>_cpu` ({args.epochs} epochs, ResNet-18 width 16, batch 256), seeds "
         f"{', '.join(map(str, args.seeds))}; top-1 on the 10,000 test images, mean +- std over the seeds; the last "
         "two columns: a paired t-test of the weighted kNN over the seeds against raw pixels and against INTL.",
@@ -287,6 +288,7 @@ def finished(args) -> dict[tuple[str, int], dict]:
 
 
 def run_quality(args) -> str:
+    from peers_benchmark import lightly_available
     from spectral_ssl.data import MNISTDataModule
 
     if args.quick:
@@ -296,6 +298,10 @@ def run_quality(args) -> str:
         write_idx_folder(args.root, train_images=600, test_images=200, gzipped=True)
         args.methods, args.seeds, args.epochs, args.width = args.methods[:1], args.seeds[:1], 1, 4
         args.extra = [*args.extra, "--model.backbone.width=4", "--model.projector_dims=[64,64,64]"]
+    if args.peer and not lightly_available():
+        install = "pip install -c requirements-lock.txt -e '.[bench]'"
+        args.notes = [f"lightly is not installed ({install}): the peer's rows are skipped; ours alone follow."]
+        args.peer = False
     data = MNISTDataModule(root=str(args.root))
     data.setup("fit")
     done = finished(args)

@@ -159,7 +159,7 @@ def backbone_state(checkpoint: Mapping, source: str | Path) -> tuple[dict[str, T
     metadata = {
         "format": "spectral-ssl backbone",
         "version": 1,
-        "backbone": checkpoint["hyper_parameters"]["backbone"],
+        "backbone": {k: v for k, v in checkpoint["hyper_parameters"]["backbone"].items() if k != "weights"},
         "source": str(source),
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
@@ -229,6 +229,32 @@ def load_backbone(path: str | Path) -> nn.Module:
         size = data["image_size"]
         model.pretrained_cfg = {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "input_size": (3, size, size)}
     return model.eval()
+
+
+CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")
+"""The classifier heads of torchvision's and timm's models: a backbone has none, so a state_dict of
+a whole model (torchvision's ``resnet50``, timm's ``vit_small``) loads without them."""
+
+
+def backbone_weights(path: str | Path, backbone: nn.Module) -> None:
+    """Loads into ``backbone`` the weights of ``path``: a pretraining checkpoint (``.ckpt``: its
+    backbone), our export (``backbone.safetensors``, ``backbone.pth`` + ``backbone.json``), or a
+    torchvision / timm state_dict (``.pth``, ``.pt``, ``.bin``, ``.safetensors``; a classifier head,
+    ``fc.`` / ``head.`` / ``classifier.``, left out when the backbone has none). Strict otherwise: a
+    ValueError names every missing and unexpected key and every shape that differs."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path} (model.backbone.weights)")
+    if path.suffix == ".ckpt":
+        state = submodule_state(read_pretraining_checkpoint(path), "backbone.")
+    elif path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = load_tensors(path)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    own = backbone.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(CLASSIFIER_PREFIXES)}
+    load_weights(backbone, state, source=str(path))
 
 
 def require_finite(model: nn.Module, source: str) -> None:

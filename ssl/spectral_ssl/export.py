@@ -45,7 +45,8 @@ from .checkpoints import (
     read_pretraining_checkpoint,
 )
 from .data.folder import IMAGENET_MEAN, IMAGENET_STD
-from .models.factory import default_image_size, resolved_norm_act
+from .models.factory import NORM_REGISTRY, default_image_size, resolved_norm_act
+from .models.resnet import ARCHITECTURES
 from .models.vit import VIT_PRESETS
 
 TOLERANCE = 1e-4  # relative error allowed between a compiled format's output and eager PyTorch's
@@ -64,11 +65,12 @@ def timm_equivalent(backbone: Mapping, model: nn.Module) -> tuple[str, dict]:
             raise ValueError(f"norm={norm!r} / act={act!r} replace layers inside timm's {name[5:]}")
         return name.removeprefix("timm:"), dict(model.timm_args)
     if name in VIT_PRESETS:
-        if (norm, act) != ("ln", "gelu"):
+        if "VisionTransformer" not in NORM_REGISTRY[norm].timm or act != "gelu":
             raise ValueError(f"timm has no VisionTransformer with norm={norm!r} / act={act!r} (it has ln and gelu)")
         return f"{name}_patch16_224", dict(model.timm_args)
+    timm_norms = [n for n, spec in NORM_REGISTRY.items() if "ResNet" in spec.timm]
     reasons = [
-        f"norm={norm!r} (timm's ResNets take bn or syncbn)" if norm not in ("bn", "syncbn") else "",
+        f"norm={norm!r} (timm's ResNets take {' or '.join(timm_norms)})" if norm not in timm_norms else "",
         f"act={act!r} (timm's ResNets take relu or gelu here)" if act not in ("relu", "gelu") else "",
         "the CIFAR stem (3x3 conv, no max-pool)" if backbone.get("cifar_stem") else "",
         f"width={backbone.get('width', 64)} (its single-conv stem is 64 wide)"
@@ -162,6 +164,46 @@ def _write_onnx(target: Path, *, model, example, **_) -> str | None:
     return None
 
 
+def detectron2_key(name: str) -> str:
+    """A torchvision ResNet key in detectron2's ResNet (the rule of MoCo's and INTL's
+    ``convert-pretrain-to-detectron2.py``): the stem's ``conv1`` / ``bn1`` as ``stem.conv1`` /
+    ``stem.conv1.norm``, ``layerN`` as ``res{N+1}``, ``bnK`` as ``convK.norm``, ``downsample.0`` /
+    ``.1`` as ``shortcut`` / ``shortcut.norm``."""
+    name = name if name.startswith("layer") else f"stem.{name}"
+    for stage in (1, 2, 3, 4):
+        name = name.replace(f"layer{stage}", f"res{stage + 1}")
+    for conv in (1, 2, 3):
+        name = name.replace(f"bn{conv}", f"conv{conv}.norm")
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def _write_detectron2(target: Path, *, state, metadata, **_) -> str | None:
+    """detectron2's checkpoint of a BN ResNet (``MODEL.WEIGHTS``): a pickle of ``{"model": {detectron2
+    key: numpy array}, "__author__", "matching_heuristics": True}`` in its key names
+    (:func:`detectron2_key`), as INTL's and MoCo's conversion scripts write it. Other backbones: why
+    not (detectron2's ResNets have BatchNorm (FrozenBN / SyncBN, a config choice), ReLU, the 7 x 7 stem,
+    64 channels)."""
+    import pickle
+
+    backbone = metadata["backbone"]
+    norm, act = resolved_norm_act(backbone["name"], backbone.get("norm"), backbone.get("act"))
+    reasons = [
+        f"a {backbone['name']}" if backbone["name"] not in ARCHITECTURES else "",
+        f"norm={norm!r}" if norm not in ("bn", "syncbn") else "",
+        f"act={act!r}" if act != "relu" else "",
+        "the CIFAR stem" if backbone.get("cifar_stem") else "",
+        f"width={backbone.get('width', 64)}" if backbone.get("width", 64) != 64 else "",
+    ]
+    if any(reasons):
+        return "detectron2's ResNets are BN ResNets with ReLU, the 7x7 stem and width 64, not " + ", ".join(
+            r for r in reasons if r
+        )
+    model = {detectron2_key(name): tensor.numpy() for name, tensor in state.items()}
+    with open(target, "wb") as f:
+        pickle.dump({"model": model, "__author__": "spectral-ssl", "matching_heuristics": True}, f)
+    return None
+
+
 def _run_onnx(target: Path, example: Tensor) -> Tensor | None:
     try:
         import onnxruntime
@@ -222,6 +264,12 @@ EXPORT_FORMATS = {
         _write_onnx,
         "`onnxruntime.InferenceSession('backbone.onnx')`, input `images`, output `features`",
         _run_onnx,
+    ),
+    "detectron2": ExportFormat(
+        "backbone.detectron2.pkl",
+        _write_detectron2,
+        "detectron2: `MODEL.WEIGHTS {folder}/backbone.detectron2.pkl` with `MODEL.PIXEL_MEAN`/`PIXEL_STD` in 0-255 "
+        "RGB and `INPUT.FORMAT: RGB` (its ResNet keys; docs/export.md: INTL's COCO / VOC settings)",
     ),
 }
 FORMATS = tuple(EXPORT_FORMATS)

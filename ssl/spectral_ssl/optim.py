@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 Schedule = Literal["intl", "bolts"]
-SCHEDULES = ("intl", "bolts")
+SCHEDULES = get_args(Schedule)
 
 
 @dataclass(frozen=True)

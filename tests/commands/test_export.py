@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -244,3 +245,37 @@ def test_a_pln_vit_exports_and_loads_back_equal(tmp_path):
     assert isinstance(loaded.blocks[0].mlp.act, torch.nn.Module) and type(loaded.blocks[0].mlp.act).__name__ == (
         "ParallelLayerNorm"
     )
+
+
+def detectron2_resnet50_names() -> set[str]:
+    """detectron2's ResNet-50 weight names, written out from its structure (``BasicStem`` then the
+    stages res2-res5 of 3, 4, 6, 3 ``BottleneckBlock``s, each ``conv1``-``conv3`` with a ``.norm``,
+    the first of each stage with a ``shortcut`` and its ``.norm``), BatchNorm's five tensors each."""
+    norm = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    names = {"stem.conv1.weight", *(f"stem.conv1.norm.{n}" for n in norm)}
+    for stage, blocks in zip((2, 3, 4, 5), (3, 4, 6, 3)):
+        for block in range(blocks):
+            convs = ["conv1", "conv2", "conv3"] + (["shortcut"] if block == 0 else [])
+            for conv in convs:
+                names |= {f"res{stage}.{block}.{conv}.weight", *(f"res{stage}.{block}.{conv}.norm.{n}" for n in norm)}
+    return names
+
+
+def test_a_bn_resnet50_exports_detectron2s_weights(resnet50_export, tmp_path):
+    """``backbone.detectron2.pkl``: detectron2's key set, each tensor equal to the torchvision export's
+    under the conversion rule; other backbones are refused with the reason."""
+    import pickle
+
+    from spectral_ssl.export import detectron2_key
+
+    files, _ = resnet50_export
+    with open(files["detectron2"], "rb") as f:  # our own file, written just now
+        written = pickle.load(f)
+    assert written["matching_heuristics"] is True and set(written["model"]) == detectron2_resnet50_names()
+    torchvision_state = torch.load(files["torchvision"], weights_only=True)
+    for name, tensor in torchvision_state.items():
+        assert np.array_equal(written["model"][detectron2_key(name)], tensor.numpy()), name
+    logged = []
+    checkpoint = pretrain_checkpoint(tmp_path, "--model.backbone.norm=gn")
+    assert "detectron2" not in export_backbone(checkpoint, tmp_path / "gn", formats=["detectron2"], log=logged.append)
+    assert any("detectron2's ResNets are BN ResNets" in line and "norm='gn'" in line for line in logged)

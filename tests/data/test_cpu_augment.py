@@ -143,16 +143,21 @@ def test_views_depend_only_on_the_seed():
     assert torch.equal(a, augmentation(image))
 
 
-def test_a_jpeg_is_decoded_once_at_reduced_size_when_every_crop_allows(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    smooth = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+def smooth_jpeg_and_drafts(tmp_path, monkeypatch, seed: int) -> tuple:
+    """A smooth 512 x 384 JPEG, and the list of the sizes Pillow's reduced decode (``draft``) is asked for."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (6, 8, 3)).astype(np.uint8)
     path = tmp_path / "photo.JPEG"
-    Image.fromarray(smooth).resize((512, 384), Image.Resampling.BILINEAR).save(path, quality=95)
+    Image.fromarray(pixels).resize((512, 384), Image.Resampling.BILINEAR).save(path, quality=95)
     drafts = []
     real_draft = JpegImageFile.draft
     monkeypatch.setattr(
         JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or real_draft(self, mode, size)
     )
+    return path, drafts
+
+
+def test_a_jpeg_is_decoded_once_at_reduced_size_when_every_crop_allows(tmp_path, monkeypatch):
+    path, drafts = smooth_jpeg_and_drafts(tmp_path, monkeypatch, seed=0)
     small = PILAugmentation(Augmentation(size=32, scale=(0.5, 1.0), jitter_p=0, grayscale_p=0, flip_p=0), MEAN, STD)
     reduced = make_views([small, small], str(path), random.Random(0))
     assert len(drafts) == 1  # one decode for both views, at a reduced size
@@ -169,14 +174,7 @@ def test_a_jpeg_is_decoded_once_at_reduced_size_when_every_crop_allows(tmp_path,
 def test_without_reduced_decode_a_jpeg_is_decoded_whole_and_cropped_as_torchvision(tmp_path, monkeypatch):
     """``reduced_decode=False`` (the ImageNet configs, as their sources decode): no draft, the view
     exactly torchvision's from the whole image."""
-    pixels = np.random.default_rng(1).integers(0, 256, (6, 8, 3)).astype(np.uint8)
-    path = tmp_path / "photo.JPEG"
-    Image.fromarray(pixels).resize((512, 384), Image.Resampling.BILINEAR).save(path, quality=95)
-    drafts = []
-    real_draft = JpegImageFile.draft
-    monkeypatch.setattr(
-        JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or real_draft(self, mode, size)
-    )
+    path, drafts = smooth_jpeg_and_drafts(tmp_path, monkeypatch, seed=1)
     recipe = Augmentation(size=32, scale=(0.5, 1.0), jitter_p=0, grayscale_p=0, flip_p=0)
     whole = PILAugmentation(recipe, MEAN, STD, reduced_decode=False)
     (view,) = make_views([whole], str(path), random.Random(4))

@@ -155,3 +155,41 @@ def test_a_view_size_the_backbone_cannot_take_is_refused_at_build_naming_it(name
         ValueError, match=rf"backbone {name} cannot take {size}x{size} images \(a view size .*32, {size} px"
     ):
         create_backbone(name, image_size=32, view_sizes=(32, size), **options)
+
+
+def test_pretraining_starts_from_given_weights_and_resumes_without_them(tmp_path, tiny):
+    """``--model.backbone.weights``: an export, a .ckpt, or torchvision's state_dict of a whole
+    model (its fc left out) start the run (lr 0: the weights stay as loaded); wrong keys are named;
+    a resumed run takes its checkpoint, even with the weights file gone."""
+    import torchvision
+
+    from spectral_ssl.commands import main
+    from spectral_ssl.export import export_backbone
+
+    quiet = ["--knn.every_n_epochs=0", "--spectrum.every_n_epochs=0", "--online_probe.every_n_epochs=0"]
+    first = main(["pretrain", *tiny, *quiet, "--trainer.max_steps=2", "--output_dir", str(tmp_path), "--run_name", "a"])
+    checkpoint = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    files = export_backbone(
+        checkpoint, tmp_path / "export", formats=["safetensors", "torchvision"], log=lambda *_: None
+    )
+    for source in (files["safetensors"], files["torchvision"], checkpoint):
+        run = main(["pretrain", *tiny, *quiet, "--trainer.max_steps=1", "--model.optimizer.lr=0",
+                    "--output_dir", str(tmp_path), "--run_name", f"from-{source.name}",
+                    f"--model.backbone.weights={source}"])  # fmt: skip
+        for (name, got), expected in zip(run.model.backbone.named_parameters(), first.model.backbone.parameters()):
+            assert torch.equal(got, expected), (source.name, name)
+    resnet = torchvision.models.resnet18()  # the ImageNet stem, width 64: a whole model with its classifier
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    weights = f"--model.backbone.weights={tmp_path / 'resnet18.pth'}"
+    run = main(["pretrain", *tiny, *quiet, "--trainer.max_steps=1", "--model.optimizer.lr=0",
+                "--model.backbone.width=64", "--model.backbone.cifar_stem=false", weights,
+                "--output_dir", str(tmp_path), "--run_name", "torchvision"])  # fmt: skip
+    assert torch.equal(run.model.backbone.conv1.weight, resnet.conv1.weight)
+    with pytest.raises(SystemExit, match=r"error: .*resnet18.pth.*(missing|unexpected|shape)"):
+        main(["pretrain", *tiny, *quiet, "--trainer.max_steps=1", weights, "--output_dir", str(tmp_path),
+              "--run_name", "wrong"])  # fmt: skip
+    (tmp_path / "export" / "backbone.safetensors").unlink()
+    resumed = main(["pretrain", *tiny, *quiet, "--trainer.max_steps=2", "--model.optimizer.lr=0", "--output_dir",
+                    str(tmp_path), "--run_name", "from-backbone.safetensors",
+                    f"--model.backbone.weights={files['safetensors']}"])  # fmt: skip
+    assert resumed.trainer.global_step == 2

@@ -267,3 +267,32 @@ def test_every_norm_trains_and_evaluates_in_half_precision_with_its_buffers_conv
         assert buffer.dtype == before[name].dtype, name  # updated in place, in its own dtype
         if buffer.is_floating_point():
             assert not torch.equal(buffer, before[name]), f"{name} was not updated"
+
+
+def test_a_new_norm_is_one_registry_entry(monkeypatch):
+    """InstanceNorm added as one entry of NORM_REGISTRY: the factory builds it in both layouts,
+    trainable=norm_only trains it (is_norm), and the export knows timm has none."""
+    import torch.nn as nn
+
+    from spectral_ssl.export import timm_equivalent
+    from spectral_ssl.models import factory
+    from spectral_ssl.models.norms import ChannelsLast
+    from spectral_ssl.models.trainable import set_trainable
+
+    entry = factory.NormSpec(
+        lambda c, o, last: (
+            ChannelsLast(nn.InstanceNorm1d(c, affine=True)) if last else nn.InstanceNorm2d(c, affine=True)
+        ),
+        (nn.modules.instancenorm._InstanceNorm,),
+    )
+    monkeypatch.setitem(factory.NORM_REGISTRY, "in", entry)
+    model = create_backbone("resnet18", norm="in", cifar_stem=True, width=8)
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in model.modules()) == 20
+    vit = create_backbone("vit_tiny", norm="in", image_size=16, depth=1)
+    assert isinstance(vit.blocks[0].norm1, ChannelsLast)
+    trainable, _ = set_trainable(model, [], "norm_only")
+    assert trainable == sum(
+        p.numel() for m in model.modules() if isinstance(m, nn.InstanceNorm2d) for p in m.parameters()
+    )
+    with pytest.raises(ValueError, match="timm's ResNets take bn or syncbn"):
+        timm_equivalent({"name": "resnet18", "norm": "in"}, model)

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from ..checkpoints import backbone_weights
 from ..models import BackboneConfig, Projector
 from ..models.trainable import Trainable, set_trainable
 from ..optim import OptimizerConfig, WarmupCosine, build_optimizer, planned_steps, scaled_lr, steps_per_epoch
@@ -152,7 +153,19 @@ class SSLMethod(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._gradients_to_restore = checkpoint.get("accumulated_gradients")  # applied at train start, on the device
 
+    def _load_backbone_weights(self) -> None:
+        """``backbone.weights``: a fresh run starts from them (the momentum target too); a resumed
+        one from its checkpoint, which Lightning has restored before ``on_fit_start`` (its
+        ``ckpt_path`` is set then), so the weights file need not exist any more."""
+        weights = self.hparams["backbone"].get("weights")
+        if weights and self.trainer.ckpt_path is None:
+            backbone_weights(weights, self.backbone)
+            if self.target is not None:
+                self.target.network[0].load_state_dict(self.backbone.state_dict())
+            rank_zero_info(f"backbone weights from {weights}")
+
     def on_fit_start(self) -> None:
+        self._load_backbone_weights()
         rank_zero_info(
             f"trainable={self.trainable}: {self.num_trainable:,} of {self.num_parameters:,} parameters train"
         )

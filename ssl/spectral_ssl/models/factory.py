@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
@@ -14,7 +14,78 @@ from .norms import ChannelsLast, GroupedLayerNorm, IterNorm2d, LayerNorm2d, Para
 from .resnet import ARCHITECTURES, ResNet
 from .vit import VIT_PRESETS, mlp_with_channel_activation, vision_transformer
 
-NORMS = ("bn", "syncbn", "gn", "ln", "rms", "pln", "pls", "lng", "iternorm", "none")
+
+@dataclass(frozen=True)
+class NormOptions:
+    """Per-norm options: GroupNorm's group count, PLN's group size k, LN-G's group count (and
+    whether it pools over H x W, which makes it GroupNorm), IterNorm's channels per group."""
+
+    gn_groups: int = 32
+    pln_group_size: int = 8
+    lng_groups: int = 4
+    lng_pool_spatial: bool = False
+    iternorm_group_size: int = 64
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """One entry of :data:`NORM_REGISTRY`: ``make(channels, options, channels_last)`` builds the
+    layer in the layout the architecture hands it; ``types``: the module types it builds (what
+    :func:`~spectral_ssl.models.norms.is_norm` finds, for ``trainable=norm_only``); ``timm``: the
+    timm families whose own layer it is (the export writes a timm folder for those)."""
+
+    make: Callable[[int, NormOptions, bool], nn.Module]
+    types: tuple[type, ...] = ()
+    timm: tuple[str, ...] = ()
+
+
+def _torch_norm(make: Callable[[int, NormOptions], nn.Module]) -> Callable[[int, NormOptions, bool], nn.Module]:
+    """A channels-first torch norm, handed the last axis in the channels-last layout."""
+    return lambda c, options, last: ChannelsLast(make(c, options)) if last else make(c, options)
+
+
+NORM_REGISTRY: dict[str, NormSpec] = {
+    "bn": NormSpec(
+        lambda c, o, last: ChannelsLast(nn.BatchNorm1d(c)) if last else nn.BatchNorm2d(c),
+        (nn.modules.batchnorm._NormBase,),
+        ("ResNet",),
+    ),
+    "syncbn": NormSpec(_torch_norm(lambda c, o: nn.SyncBatchNorm(c)), (nn.SyncBatchNorm,), ("ResNet",)),
+    "gn": NormSpec(_torch_norm(lambda c, o: nn.GroupNorm(min(o.gn_groups, c), c)), (nn.GroupNorm,)),
+    "ln": NormSpec(
+        lambda c, o, last: nn.LayerNorm(c, eps=1e-6) if last else LayerNorm2d(c),
+        (nn.LayerNorm,),
+        ("VisionTransformer",),
+    ),
+    "rms": NormSpec(
+        lambda c, o, last: ParallelLayerNorm(c, group_size=c, eps=1e-6, centre=False, channels_last=last),
+        (ParallelLayerNorm,),
+    ),
+    "pln": NormSpec(
+        lambda c, o, last: ParallelLayerNorm(c, group_size=o.pln_group_size, channels_last=last), (ParallelLayerNorm,)
+    ),
+    "pls": NormSpec(
+        lambda c, o, last: ParallelLayerNorm(c, group_size=o.pln_group_size, centre=False, channels_last=last),
+        (ParallelLayerNorm,),
+    ),
+    "lng": NormSpec(
+        lambda c, o, last: GroupedLayerNorm(
+            c, num_groups=o.lng_groups, pool_spatial=o.lng_pool_spatial, channels_last=last
+        ),
+        (GroupedLayerNorm,),
+    ),
+    "iternorm": NormSpec(
+        lambda c, o, last: IterNorm2d(c, group_size=o.iternorm_group_size, channels_last=last), (IterNorm2d,)
+    ),
+    "none": NormSpec(lambda c, o, last: nn.Identity()),
+}
+"""The normalizations by name (``--model.backbone.norm``), in the way timm's ``create_norm_layer``
+maps names to layers: a new norm is one entry (its name then shows in ``--help``, builds in every
+architecture's layout, counts for ``trainable=norm_only``, and its ``timm`` families export).
+Formulas and sources: :mod:`spectral_ssl.models.norms`."""
+
+NORMS = tuple(NORM_REGISTRY)
+Norm = Literal[NORMS]  # type: ignore[valid-type]  # the choices --help lists
 ACTS = ("relu", "gelu", "tanh", "sigmoid", "identity", "pln")
 BACKBONES = (*ARCHITECTURES, *VIT_PRESETS)
 
@@ -31,51 +102,23 @@ def resolved_norm_act(name: str, norm: str | None = None, act: str | None = None
     return norm or own[0], act or own[1]
 
 
-@dataclass(frozen=True)
-class NormOptions:
-    """Per-norm options: GroupNorm's group count, PLN's group size k, LN-G's group count (and
-    whether it pools over H x W, which makes it GroupNorm), IterNorm's channels per group."""
-
-    gn_groups: int = 32
-    pln_group_size: int = 8
-    lng_groups: int = 4
-    lng_pool_spatial: bool = False
-    iternorm_group_size: int = 64
-
-
 def norm_layer(
     norm: str, options: NormOptions = NormOptions(), channels_last: bool = False
 ) -> Callable[..., nn.Module]:
-    """The normalization constructor ``f(num_channels, **ignored) -> nn.Module`` for a norm name,
-    in the layout the architecture hands it: ``channels_last=False`` for (B, C, H, W) maps (conv
-    nets), ``True`` for (B, N, D) tokens (transformers) and (B, D) vectors.
+    """The normalization constructor ``f(num_channels, **ignored) -> nn.Module`` for a name of
+    :data:`NORM_REGISTRY`, in the layout the architecture hands it: ``channels_last=False`` for
+    (B, C, H, W) maps (conv nets), ``True`` for (B, N, D) tokens (transformers) and (B, D) vectors.
 
     ``bn``/``syncbn``: BatchNorm (over the batch and every position); ``gn``: GroupNorm
     (``gn_groups``; pools over positions); ``ln``: LayerNorm over the channels of each position;
     ``rms``: RMSNorm over them (x / sqrt(mean(x^2) + 1e-6)); ``pln``/``pls``: PLN/PLS with group
     size ``pln_group_size``; ``lng``: LN-G with ``lng_groups`` groups; ``iternorm``: the IterNorm
-    layer; ``none``: identity. Formulas and sources: :mod:`spectral_ssl.models.norms`.
+    layer; ``none``: identity.
     """
-    last = {"channels_last": channels_last}
-
-    def torch_norm(make: Callable[[int], nn.Module]) -> Callable[..., nn.Module]:
-        return (lambda c, **_: ChannelsLast(make(c))) if channels_last else (lambda c, **_: make(c))
-
-    layers: dict[str, Callable[..., nn.Module]] = {
-        "bn": torch_norm(nn.BatchNorm1d if channels_last else nn.BatchNorm2d),
-        "syncbn": torch_norm(nn.SyncBatchNorm),
-        "gn": torch_norm(lambda c: nn.GroupNorm(min(options.gn_groups, c), c)),
-        "ln": (lambda c, **_: nn.LayerNorm(c, eps=1e-6)) if channels_last else LayerNorm2d,
-        "rms": lambda c, **_: ParallelLayerNorm(c, group_size=c, eps=1e-6, centre=False, **last),
-        "pln": partial(ParallelLayerNorm, group_size=options.pln_group_size, **last),
-        "pls": partial(ParallelLayerNorm, group_size=options.pln_group_size, centre=False, **last),
-        "lng": partial(GroupedLayerNorm, num_groups=options.lng_groups, pool_spatial=options.lng_pool_spatial, **last),
-        "iternorm": partial(IterNorm2d, group_size=options.iternorm_group_size, **last),
-        "none": lambda c, **_: nn.Identity(),
-    }
-    if norm not in layers:
+    if norm not in NORM_REGISTRY:
         raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    return layers[norm]
+    make = NORM_REGISTRY[norm].make
+    return lambda c, **_: make(c, options, channels_last)
 
 
 def act_layer(
@@ -105,12 +148,15 @@ class BackboneConfig:
     checkpoint keeps it, and an export fixed to one size (ONNX) takes it. None: unknown (32 with
     the CIFAR stem, else 224, where one is needed). ``view_sizes``: the sides of the training
     views (the commands link them from the data's recipe: multi-crop's smaller crops); the
-    backbone is built to take each and checked on each. Options left None take the
-    architecture's own value (:func:`create_backbone`).
+    backbone is built to take each and checked on each. ``weights``: a file to start from
+    instead of the random initialisation (our export, a ``.ckpt`` of ``pretrain``, or a torchvision /
+    timm state_dict; :func:`spectral_ssl.checkpoints.backbone_weights`): loaded when training
+    starts, not when a run resumes. Options left None take the architecture's own value
+    (:func:`create_backbone`).
     """
 
     name: str = "resnet18"
-    norm: str | None = None
+    norm: Norm | None = None
     act: str | None = None
     cifar_stem: bool = False
     cifar_stem_padding: int = 1
@@ -124,9 +170,12 @@ class BackboneConfig:
     depth: int | None = None
     num_heads: int | None = None
     pooling: str | None = None
+    weights: str | None = None
 
     def build(self) -> nn.Module:
-        return create_backbone(**{**asdict(self), "norm_options": self.norm_options})
+        """The backbone, at its random initialisation (``weights`` are the training's to load)."""
+        options = {key: value for key, value in asdict(self).items() if key != "weights"}
+        return create_backbone(**{**options, "norm_options": self.norm_options})
 
 
 def create_backbone(

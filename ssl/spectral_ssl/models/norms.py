@@ -22,14 +22,18 @@ from torch import Tensor, nn
 
 from ..spectral import newton_schulz
 
+TORCH_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm)
+"""torch's normalization layers (timm's models build theirs from them)."""
+
 
 def is_norm(module: nn.Module) -> bool:
-    """True for every normalization layer: torch's BatchNorm/SyncBN/GroupNorm/LayerNorm/InstanceNorm
-    and this module's PLN, LN-G, LayerNorm2d and IterNorm (selected by type, not by tensor shape)."""
-    return isinstance(
-        module,
-        (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm, _ChannelAffine),
-    )
+    """True for every normalization layer: torch's (BatchNorm, SyncBN, GroupNorm, LayerNorm,
+    RMSNorm, InstanceNorm) and every type the norm registry builds
+    (:data:`spectral_ssl.models.factory.NORM_REGISTRY`: PLN, LN-G, IterNorm...), by type, not by
+    tensor shape."""
+    from .factory import NORM_REGISTRY
+
+    return isinstance(module, TORCH_NORMS + tuple(t for spec in NORM_REGISTRY.values() for t in spec.types))
 
 
 class _ChannelAffine(nn.Module):
