@@ -44,6 +44,7 @@ def tiny() -> list[str]:
         "--data.batch_size=64",
         "--trainer.enable_progress_bar=false",
         "--trainer.log_every_n_steps=1",
+        "--spectrum.embedding_map=null",  # the runs' tests; the map's are in tests/evaluation
     ]
 
 
@@ -56,6 +57,32 @@ def pretrain(tiny):
         return out / "tiny"
 
     return run
+
+
+@pytest.fixture(scope="session")
+def quickstart_checkpoint(tmp_path_factory) -> Path:
+    """The quick start made tiny (width 8, a 64-64 projector) after 2 epochs, the spectrum monitor
+    every epoch: the checkpoint the evaluation commands' tests evaluate."""
+    out = tmp_path_factory.mktemp("pretrain")
+    main(
+        [
+            "pretrain",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--model.backbone.width=8",
+            "--model.projector_dims=[64,64]",
+            "--data.batch_size=64",
+            "--trainer.max_epochs=2",
+            "--spectrum.every_n_epochs=1",
+            "--output_dir",
+            str(out),
+            "--run_name",
+            "tiny",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.log_every_n_steps=1",
+        ]
+    )
+    return out / "tiny" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from spectral_ssl.commands.common import resolve_config, shipped_config_names
 from spectral_ssl.data.synthetic import write_cifar_folder, write_idx_folder, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-EVALUATION = ("linear/", "linear_fast/", "knn/")  # the evaluation commands' configs
+EVALUATION = ("linear/", "linear_fast/", "knn/", "finetune/")  # the evaluation commands' configs
 PRETRAINING = [n for n in shipped_config_names() if "/" in n and not n.startswith(EVALUATION)]
 QUICK_STARTS = ["quickstart", "quickstart_vit"]
 # A training step for every method on each dataset's ResNet, every method with ViT-S on CIFAR-10,
@@ -118,6 +118,7 @@ def tiny_overrides(config: dict, data_root: Path) -> list[str]:  # config: the c
         "--trainer.enable_progress_bar=false",
         "--knn.every_n_epochs=1",
         "--spectrum.every_n_epochs=1",
+        "--spectrum.embedding_map=pca",  # the map's path for every config, without t-SNE's seconds (tested elsewhere)
         "--online_probe.every_n_epochs=1",
         "--knn.k=5",
         "--data.init_args.batch_size=12",
@@ -224,9 +225,16 @@ def test_config_resolves_to_its_own_datamodule_defaults(config, capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)["data"]
     written = composed(config)["data"]["init_args"]
     cls = getattr(datamodules, resolved["class_path"].rsplit(".", 1)[1])
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+    defaults = {}  # the base class's options, then the dataset's own (those it passes on as **kwargs are the base's)
+    for klass in reversed(cls.__mro__):
+        if issubclass(klass, datamodules.SSLDataModule) and "__init__" in vars(klass):
+            for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                    defaults[name] = parameter.default
+    assert {"batch_size", "num_workers", "seed", "label_fraction"} <= set(defaults)
+    for name, default in defaults.items():
         if name not in ("self", "augment", "mean", "std") and name not in written:
-            assert resolved["init_args"][name] == parameter.default, name
+            assert resolved["init_args"][name] == default, name
 
 
 def test_the_vit_quick_start_config_runs(tmp_path):

@@ -41,8 +41,9 @@ def pretrain_checkpoint(out: Path, *overrides: str) -> Path:
 def resnet50_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("r50")
     checkpoint = pretrain_checkpoint(
-        out, "--model.backbone.name=resnet50", "--model.backbone.cifar_stem=false", "--model.backbone.width=64"
-    )
+        out, "--model.backbone.name=resnet50", "--model.backbone.cifar_stem=false", "--model.backbone.width=64",
+        "--knn.every_n_epochs=0", "--online_probe.every_n_epochs=0", "--spectrum.every_n_epochs=0",
+    )  # fmt: skip
     files = export_backbone(checkpoint, out / "export", image_size=64, log=lambda *_: None)
     state, _ = backbone_state(read_pretraining_checkpoint(checkpoint), checkpoint)
     return files, state

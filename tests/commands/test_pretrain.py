@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
     """SIGKILL a real run mid-training, run the same command again: the result equals an
     uninterrupted run bit for bit (the view stream depends only on seed and epoch). Loader workers
     on: their prefetching once drew the resumed epoch in epoch 0's order."""
-    straight = pretrain(tmp_path / "straight", "--trainer.max_epochs=3", "--data.num_workers=2")
+    straight = pretrain(tmp_path / "straight", "--trainer.max_epochs=2", "--data.num_workers=2")
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
     out = tmp_path / "killed"
@@ -61,7 +61,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
         "from spectral_ssl.commands import main; main()",
         "pretrain",
         *tiny,
-        "--trainer.max_epochs=3",
+        "--trainer.max_epochs=2",
         "--data.num_workers=2",
         "--output_dir",
         str(out),
@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, pretrain, tiny):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert torch.load(out / "tiny" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
-    resumed = pretrain(out, "--trainer.max_epochs=3", "--data.num_workers=2")
+    resumed = pretrain(out, "--trainer.max_epochs=2", "--data.num_workers=2")
     state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert state.keys() == expected.keys()
     for key in expected:
@@ -94,14 +94,17 @@ def test_top_level_help_lists_every_command_and_an_unknown_one_is_an_error(capsy
 @pytest.mark.parametrize("command", ["pretrain", "supervised", "linear", "knn", "spectrum", "linear-fast"])
 def test_the_default_dataset_never_carries_its_settings_into_a_dataset_named(command, tmp_path, capsys):
     """The digits (the default) have image_size 16 and num_workers 0: an ImageFolder named on
-    the command line keeps its own 224 and 8, and without a class named the digits take the
-    options; the model's default (INTL) likewise takes ``--model.backbone.width`` alone."""
+    the command line keeps its own 224 and the base class's workers (one per core, at most 8), and
+    without a class named the digits take the options; the model's default (INTL) likewise takes
+    ``--model.backbone.width`` alone."""
     import yaml
+
+    from spectral_ssl.data.base import DEFAULT_WORKERS
 
     checkpoint = [] if command in ("pretrain", "supervised") else [str(tmp_path / "any.ckpt")]
     folder = ["--data=spectral_ssl.data.ImageFolderDataModule", f"--data.root={tmp_path}"]
     for args, expected in (
-        (folder, ("spectral_ssl.data.ImageFolderDataModule", 224, 8)),
+        (folder, ("spectral_ssl.data.ImageFolderDataModule", 224, DEFAULT_WORKERS)),
         (["--data.batch_size=64"], ("spectral_ssl.data.DigitsDataModule", 16, 0)),
     ):
         with pytest.raises(SystemExit) as exit_info:

@@ -22,27 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST_RUN = ["--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain")
-    main(
-        [
-            "pretrain",
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            "--model.backbone.width=8",
-            "--model.projector_dims=[64,64]",
-            "--data.batch_size=64",
-            "--trainer.max_epochs=2",
-            "--spectrum.every_n_epochs=1",
-            "--output_dir",
-            str(out),
-            "--run_name",
-            "tiny",
-            *FAST_RUN,
-        ]
-    )
-    return out / "tiny" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(quickstart_checkpoint):
+    return quickstart_checkpoint
 
 
 def digits() -> DigitsDataModule:
@@ -65,8 +47,11 @@ def test_pretraining_logs_online_probe_and_spectrum(checkpoint):
         "spectrum/backbone/condition_number",
     ):
         assert tag in tags["scalars"], tag
-    assert "spectrum" in tags["images"]
+    assert "spectrum" in tags["images"] and "embedding_map" in tags["images"]
     assert 0.3 < events.Scalars("online/top1")[-1].value <= 1.0  # far above chance (10%) after 44 steps
+    for epoch in (0, 1):  # the map at the spectrum's cadence, beside its files: every held-out digit (360)
+        with open(checkpoint.parents[1] / "spectrum" / f"epoch={epoch}" / "embedding_map.csv") as f:
+            assert len(list(csv.DictReader(f))) == 360
 
 
 def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
@@ -80,6 +65,28 @@ def test_knn_command_equals_the_protocols_computed_directly(checkpoint, capsys):
     assert results["weighted k=20 T=0.07"] == knn_accuracy(*bank, *queries, k=20, backend="torch")
     assert set(results) == {"weighted k=20 T=0.07", "weighted k=200 T=0.07", "5-NN L2 (INTL)"}
     assert "5-NN L2 (INTL)" in capsys.readouterr().out
+
+
+def test_embedding_command_maps_every_held_out_image_and_fills_tensorboards_projector(checkpoint, tmp_path):
+    """``spectral-ssl embedding --method pca``: one CSV row per held-out image, the coordinates the
+    features' first two principal components (computed here with numpy's SVD, up to sign), the map
+    in TensorBoard and the features, labels and thumbnails in its projector."""
+    path = main(["embedding", str(checkpoint), "--method", "pca", "--out", str(tmp_path)])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    backbone, _ = load_encoder(checkpoint)
+    features, labels = extract_features(backbone, digits().knn_dataloaders()[1])
+    assert [int(r["label"]) for r in rows] == labels.tolist() and [int(r["index"]) for r in rows] == list(range(360))
+    x = features.double().numpy() - features.double().numpy().mean(0)
+    expected = x @ np.linalg.svd(x, full_matrices=False)[2][:2].T
+    got = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), rtol=1e-6, atol=1e-8 * np.abs(expected).max())
+    assert (tmp_path / "embedding_map.png").stat().st_size > 1000
+    projector = (tmp_path / "projector_config.pbtxt").read_text()
+    assert "metadata.tsv" in projector and "sprite.png" in projector
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert "embedding_map" in events.Tags()["images"]
 
 
 def test_spectrum_command_writes_png_and_csv_with_the_exact_eigenvalues(checkpoint, tmp_path):

@@ -1,5 +1,6 @@
 """The eigen-spectrum summaries against numpy's exact eigendecomposition."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,28 @@ def test_the_plot_stops_at_the_rank_cap_and_names_its_numbers():
     )
     (line,) = plot_spectra({"low": spectra["low"]}, num_samples=300).axes[0].get_lines()
     assert len(line.get_xdata()) == 5 and line.get_label() == "low"
+
+
+def test_embedding_maps_keep_separated_classes_apart_and_are_seeded():
+    """t-SNE of ten well-separated classes in 64 dimensions: each point's nearest neighbour on the
+    map is of its class (scikit-learn's 1-NN, leave-one-out), the same map for the same seed;
+    UMAP without umap-learn names the package."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from spectral_ssl.evaluation.embedding import embedding_map
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 10
+    features = 6 * torch.randn(10, 64, generator=generator)[labels] + torch.randn(300, 64, generator=generator)
+    coordinates = embedding_map(features, "tsne", seed=1)
+    assert coordinates.shape == (300, 2)
+    assert cross_val_score(KNeighborsClassifier(1), coordinates, labels.numpy(), cv=10).mean() > 0.97
+    np.testing.assert_array_equal(coordinates, embedding_map(features, "tsne", seed=1))
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install umap-learn"):
+            embedding_map(features, "umap")
+    with pytest.raises(ValueError, match="at least 3 points"):
+        embedding_map(features[:2])

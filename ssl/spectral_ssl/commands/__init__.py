@@ -13,17 +13,19 @@ import sys
 from collections.abc import Callable
 
 from .common import quiet_third_party_notices
-from .evaluate import knn, linear_fast, spectrum
+from .evaluate import embedding, knn, linear_fast, spectrum
 from .export import export
-from .train import linear, pretrain, supervised
+from .train import finetune, linear, pretrain, supervised
 
 COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "pretrain": pretrain,
     "supervised": supervised,
     "linear": linear,
     "linear-fast": linear_fast,
+    "finetune": finetune,
     "knn": knn,
     "spectrum": spectrum,
+    "embedding": embedding,
     "export": export,
 }
 """Each command: a function of its arguments that returns its results."""

@@ -1,5 +1,5 @@
-"""The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum`` and ``spectral-ssl
-linear-fast``, on a pretraining checkpoint or an exported backbone.
+"""The evaluation commands: ``spectral-ssl knn``, ``spectral-ssl spectrum``, ``spectral-ssl
+linear-fast`` and ``spectral-ssl embedding``, on a pretraining checkpoint or an exported backbone.
 
 Each reads the dataset through the same datamodules as pretraining: the one the checkpoint was
 trained on, by default (its class and settings, saved in the checkpoint; the digits for a
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from jsonargparse import ArgumentParser
-from torch import nn
+from torch import Tensor, nn
 
 from ..checkpoints import check_same_data, load_encoder, training_data
 from ..data import SSLDataModule, balanced_subset
@@ -43,6 +43,7 @@ from ..evaluation import (
     spectrum_summary,
     write_spectra,
 )
+from ..evaluation.embedding import MapMethod, publish_embedding_map, thumbnails
 from ..evaluation.linear import ProbeInit, ProbeSchedule
 from ..runs import RunFolder
 from .common import DEFAULT_DATA, command_parser, parse_with_default_classes, reports_bad_input
@@ -270,3 +271,65 @@ def linear_fast(args: list[str]) -> float:
         f"(extraction {seconds:.1f} s, training {time.perf_counter() - start:.1f} s)"
     )
     return top1
+
+
+class _Thumbnails(nn.Module):
+    """``backbone``, keeping [0, 1] thumbnails of the images it is given (:func:`thumbnails`), for
+    TensorBoard's projector: the rows it keeps are the rows of the features, unreadable images
+    left out of both."""
+
+    def __init__(self, backbone: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.backbone, self.mean, self.std, self.kept = backbone, mean, std, []
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.kept.append(thumbnails(images.float().cpu(), self.mean, self.std))
+        return self.backbone(images)
+
+
+@reports_bad_input
+def embedding(args: list[str]) -> Path:
+    """A 2-D map of a checkpoint's held-out features coloured by class (t-SNE, UMAP or PCA).
+    Returns the path of its CSV."""
+    parser = _parser(
+        "spectral-ssl embedding",
+        "A 2-D map of the backbone features of held-out images, coloured by class: t-SNE (scikit-learn), UMAP "
+        "(umap-learn, when installed) or PCA; embedding_map.png + embedding_map.csv, and TensorBoard (the map, "
+        "and the features in its embedding projector with labels and, for images up to 64 px, thumbnails).",
+    )
+    parser.add_argument("--method", type=MapMethod, default="tsne")
+    parser.add_argument(
+        "--out", type=str, default=None, help="output folder (default: embedding/ in the checkpoint's folder)"
+    )
+    parser.add_argument("--split", type=str, default="test", choices=["train", "test"])
+    parser.add_argument(
+        "--max_images", type=int | None, default=5000, help="a class-balanced subset of this many images (null: all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the map's random state (t-SNE, UMAP)")
+    config, datamodule, backbone, _, device, precision = _setup(parser, args)
+    indices = balanced_subset(datamodule.labels(config.split), config.max_images, getattr(datamodule, "seed", 0))
+    loader = datamodule.eval_dataloader(config.split, config.batch_size, indices)
+    keep = datamodule.image_size <= 64 and not dist.is_initialized()  # under torchrun a process sees its share
+    model = _Thumbnails(backbone, *datamodule.eval_normalization) if keep else backbone
+    features, labels = extract_features(model, loader, device, precision, progress=config.split)
+    if not _is_main():
+        return Path()
+    from torch.utils.tensorboard import SummaryWriter
+
+    checkpoint = Path(config.checkpoint).resolve()
+    out = Path(config.out) if config.out else checkpoint.parent / "embedding"
+    images = torch.cat(model.kept) if keep else None
+    title = f"{RunFolder.of_checkpoint(checkpoint).name}/{checkpoint.name}: {config.method}, {len(features):,} images"
+    start = time.perf_counter()
+    with SummaryWriter(str(out)) as writer:
+        publish_embedding_map(
+            features, labels, indices if len(indices) == len(features) else torch.arange(len(features)),
+            method=config.method, seed=config.seed, title=title, class_names=getattr(datamodule, "class_names", ()),
+            experiment=writer, out_dir=out, images=images,
+        )  # fmt: skip
+    print(
+        f"wrote {out / 'embedding_map.png'} and {out / 'embedding_map.csv'} ({len(features):,} images of the "
+        f"{config.split} split, {config.method} in {time.perf_counter() - start:.1f} s); TensorBoard: "
+        f"tensorboard --logdir {out}"
+    )
+    return out / "embedding_map.csv"

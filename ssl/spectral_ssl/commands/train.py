@@ -1,4 +1,4 @@
-"""The training commands: ``spectral-ssl pretrain``, ``supervised`` and ``linear``.
+"""The training commands: ``spectral-ssl pretrain``, ``supervised``, ``linear`` and ``finetune``.
 
 ``spectral-ssl pretrain --config configs/quickstart.yaml [--section.key=value ...]`` is a
 LightningCLI: ``--help``, ``--print_config``, several ``--config`` files and dotted overrides
@@ -64,8 +64,9 @@ class TrainCLI(LightningCLI):
     ``default_model``: the model class when the command line and its configs name none (the
     dataset's default is :data:`DEFAULT_DATA`); see :meth:`parse_arguments`.
     ``evaluates_checkpoint``: the command evaluates ``model.checkpoint``, which may also be given
-    as the first positional argument; its classifier runs in the run's :meth:`RunFolder.evaluation`
-    folder of that file."""
+    as the first positional argument (or a weights file, ``model.backbone.weights``); its
+    classifier runs in the run's :meth:`RunFolder.evaluation` folder of that file. ``defaults``:
+    the command's own defaults of options (``{"model.backbone_lr": 0.004}``)."""
 
     def __init__(
         self,
@@ -76,8 +77,9 @@ class TrainCLI(LightningCLI):
         default_model: str | None = None,
         monitors: bool = True,
         evaluates_checkpoint: bool = False,
+        defaults: dict | None = None,
     ) -> None:
-        self.monitors, self.evaluates_checkpoint = monitors, evaluates_checkpoint
+        self.monitors, self.evaluates_checkpoint, self.defaults = monitors, evaluates_checkpoint, defaults or {}
         self.default_classes = {"data": DEFAULT_DATA, **({"model": default_model} if default_model else {})}
         super().__init__(
             model_class,
@@ -176,32 +178,40 @@ class TrainCLI(LightningCLI):
         batch_size = "model.init_args.optimizer.batch_size" if self.subclass_mode_model else "model.batch_size"
         parser.link_arguments("data.batch_size", batch_size, apply_on="instantiate")  # the lr scaling's batch
         parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.enable_version_counter": False})
+        parser.set_defaults(self.defaults)
 
     def before_instantiate_classes(self) -> None:
         """The parsed config completed: the evaluated checkpoint (positional or
-        ``--model.checkpoint``, whichever form gave it), and the run folder."""
+        ``--model.checkpoint``, whichever form gave it; or the weights file), and the run folder."""
         self.run = RunFolder.named(self.config.output_dir, self.config.run_name)
+        self.index = self.run.index
         if self.evaluates_checkpoint:
-            checkpoint = self._evaluated_checkpoint()
-            self.run = self.run.evaluation(checkpoint)
-            self.index = RunFolder.of_checkpoint(checkpoint).index  # the pretraining run's file index
-        else:
-            self.index = self.run.index
+            evaluated = self._evaluated_checkpoint()
+            self.run = self.run.evaluation(evaluated)
+            if self.config.model.checkpoint:
+                self.index = RunFolder.of_checkpoint(evaluated).index  # the pretraining run's file index
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": str(self.run.config)}
 
     def _evaluated_checkpoint(self) -> str:
         """``model.checkpoint`` from the parsed config, merged with the positional checkpoint, as
-        an absolute path (so the same from any folder)."""
+        an absolute path (so the same from any folder); without one, ``model.backbone.weights``."""
         given, positional = self.config.model.checkpoint, self.config.evaluate
         if given and positional and Path(given).expanduser().resolve() != Path(positional).expanduser().resolve():
             raise ValueError(
                 f"two checkpoints to evaluate: {positional} (positional) and --model.checkpoint={given}; give one"
             )
         checkpoint = given or positional
+        weights = self.config.model.backbone.weights
+        if not checkpoint and weights:
+            if not Path(weights).expanduser().is_file():
+                raise FileNotFoundError(f"no weights file {weights} (model.backbone.weights)")
+            self.config.model.backbone.weights = str(Path(weights).expanduser().absolute())
+            return self.config.model.backbone.weights
         if not checkpoint:
             raise ValueError(
-                "no checkpoint to evaluate: spectral-ssl linear CKPT (or --model.checkpoint=CKPT, or "
-                "model: {checkpoint: CKPT} in a config)"
+                f"no checkpoint to evaluate: spectral-ssl {self.parser.prog.split()[-1]} CKPT (or --model.checkpoint="
+                "CKPT, or model: {checkpoint: CKPT} in a config; or a weights file and its architecture: "
+                "--model.backbone.weights=PATH --model.backbone.name=...)"
             )
         if not Path(checkpoint).expanduser().is_file():
             raise FileNotFoundError(f"no checkpoint {checkpoint} to evaluate")
@@ -354,18 +364,47 @@ def linear(args: list[str]) -> TrainCLI:
         monitors=False,
         evaluates_checkpoint=True,
     )
+    return _train_classifier(cli, "linear", "frozen backbone")
+
+
+@reports_bad_input
+def finetune(args: list[str]) -> TrainCLI:
+    """Fine-tuning of a checkpoint: backbone and a linear classifier trained together, on all labels or a
+    fraction (spectral-ssl finetune CKPT --config finetune/<dataset>). Returns the CLI, its ``metrics`` the
+    final validation's."""
+    cli = TrainCLI(
+        LinearClassifier,
+        args,
+        "finetune",
+        "Fine-tuning of a checkpoint: the backbone (train mode) and a linear classifier trained together with "
+        "their own learning rates, on RandomResizedCrop + flip views of all labelled images or of a subset "
+        "(--data.init_args.label_fraction=0.1, or label_subset=FILE: the official 1% / 10% ImageNet lists); top-1 "
+        "and top-5 on the clean validation images (spectral-ssl finetune CKPT --config finetune/<dataset>).",
+        monitors=False,
+        evaluates_checkpoint=True,
+        defaults={"model.backbone_lr": 0.004, "model.milestones": [], "run_name": "finetune"},
+    )
+    return _train_classifier(cli, "fine-tuned", "backbone fine-tuned")
+
+
+def _train_classifier(cli: TrainCLI, name: str, protocol: str) -> TrainCLI:
+    """``linear`` and ``finetune``: the data checked against the checkpoint's, the classifier
+    trained on the labelled images (:class:`~spectral_ssl.data.LinearEvaluationData`), validated,
+    its numbers printed and kept in ``cli.metrics``."""
     if not cli.config_init["other_data"]:
         data, checkpoint = cli.datamodule, cli.model.hparams.checkpoint
         check_same_data(training_data(checkpoint)[1], data.image_size, getattr(data, "num_classes", None), checkpoint)
     data = LinearEvaluationData(cli.datamodule)
-    with warnings.catch_warnings():  # the frozen backbone is in eval mode on purpose (its BN statistics)
+    with warnings.catch_warnings():  # a frozen backbone is in eval mode on purpose (its BN statistics)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
         cli.fit(data)
     metrics = cli.trainer.validate(cli.model, datamodule=data, verbose=False)[0]
     if cli.trainer.is_global_zero:
+        images = cli.datamodule.labelled_indices()
+        labelled = "all labelled images" if images is None else f"{len(images):,} labelled images"
         print(
-            f"linear top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
-            f"(protocol: frozen backbone, RandomResizedCrop + flip, {cli.trainer.max_epochs} epochs)"
+            f"{name} top-1 {100 * metrics['linear/top1']:.2f}%, top-5 {100 * metrics['linear/top5']:.2f}% "
+            f"(protocol: {protocol}, RandomResizedCrop + flip, {labelled}, {cli.trainer.max_epochs} epochs)"
         )
     cli.metrics = metrics
     return cli

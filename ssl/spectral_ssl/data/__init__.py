@@ -14,7 +14,7 @@ from .folder import ImageFileDataset, ImageFolderDataModule, UnreadableImageErro
 from .index import ImageIndex
 from .loaders import ResumableLoader, evaluation_loader, training_loader
 from .mnist import IDXError, MNISTDataModule, read_idx
-from .subsets import balanced_order, balanced_subset
+from .subsets import balanced_order, balanced_subset, stratified_fraction
 from .tensor_sets import CIFARDataModule, STL10DataModule
 from .views import Augmentation, MultiView, SeededEpochSampler, TensorImageDataset
 
@@ -39,6 +39,7 @@ __all__ = [
     "UnreadableImageError",
     "balanced_order",
     "balanced_subset",
+    "stratified_fraction",
     "evaluation_loader",
     "read_idx",
     "training_loader",

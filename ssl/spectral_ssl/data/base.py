@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -25,10 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .device_augment import DeviceViews
 from .loaders import ResumableLoader, evaluation_loader, training_loader
+from .subsets import stratified_fraction
 from .views import Augmentation, MultiView
 
 log = logging.getLogger(__name__)
 Split = Literal["pretrain", "train", "test"]
+DEFAULT_WORKERS = min(8, len(os.sched_getaffinity(0)))
+"""DataLoader worker processes by default: one per core this process may run on, at most 8."""
 
 
 class Normalize:
@@ -107,6 +111,17 @@ class SSLDataModule(ResumableDataModule):
     stream depends only on (``seed``, epoch, image): see :class:`~.views.SeededEpochSampler`.
     ``eval_resize``: side the evaluation images are resized to before a centre crop of
     ``image_size`` (file datasets; 256 for ImageNet's 224).
+
+    The options every dataset takes are this class's (a dataset's own ``__init__`` passes them
+    on as ``**kwargs``): ``batch_size`` (per device), ``num_workers`` (DataLoader processes;
+    default :data:`DEFAULT_WORKERS`), ``num_views``, ``augment``, ``seed``, ``augment_on_device``
+    and the labelled subset. ``label_fraction`` (in (0, 1]) or ``label_subset`` (a text file,
+    one image per line: a file name of the ``train`` split, as SimCLR's and the official INTL
+    1% / 10% ImageNet lists give them, or its path relative to the split's folder; the image's
+    index for datasets without file names) restricts the labelled training images, those the
+    classifiers of ``linear``, ``finetune`` and ``linear-fast`` train on and the kNN bank holds,
+    to a stratified seeded fraction (:func:`~.subsets.stratified_fraction`, seeded by ``seed``)
+    or to the listed images (:meth:`labelled_indices`); pretraining always sees every image.
     """
 
     num_classes: int
@@ -117,11 +132,13 @@ class SSLDataModule(ResumableDataModule):
     def __init__(
         self,
         batch_size: int = 256,
-        num_workers: int = 4,
+        num_workers: int = DEFAULT_WORKERS,
         num_views: int = 2,
         augment: Augmentation | list[Augmentation] | None = None,
         seed: int = 0,
         augment_on_device: bool = False,
+        label_fraction: float | None = None,
+        label_subset: str | None = None,
     ) -> None:
         super().__init__()
         # the dataset's own init args (the subclass's, through Lightning's frame walk; the commands'
@@ -132,6 +149,7 @@ class SSLDataModule(ResumableDataModule):
         self.batch_size, self.num_workers, self.num_views, self.seed = batch_size, num_workers, num_views, seed
         self.augment, self.augment_on_device = augment or Augmentation(), augment_on_device
         self.device_views: DeviceViews | None = None  # augment_on_device's views
+        self.label_fraction, self.label_subset = label_fraction, label_subset
 
     # --- what a dataset implements ------------------------------------------------------------
     def dataset(self, split: Split, transform: Callable | None) -> Dataset:
@@ -144,12 +162,30 @@ class SSLDataModule(ResumableDataModule):
         chosen from them)."""
         raise NotImplementedError
 
+    def image_names(self, split: Split) -> list[str]:
+        """The names a ``label_subset`` file gives the images of ``split``, in dataset order:
+        their indices here; a file dataset's file paths relative to the split's folder."""
+        return [str(i) for i in range(len(self.labels(split)))]
+
     def pretrain_tensors(self) -> tuple[Tensor, Tensor]:
         """The whole pretraining split as one uint8 (N, 3, H, W) tensor and its labels (-1 where
         unlabeled), for ``augment_on_device`` (datasets held in memory implement it)."""
         raise NotImplementedError(
             f"{type(self).__name__} cannot hold its images on the device; set data.augment_on_device=false"
         )
+
+    def labelled_indices(self) -> Tensor | None:
+        """The ascending indices of the ``train`` split's images whose labels are used (see the
+        class docstring), or None for all of them. ValueError for both options at once, for a
+        subset file that names images the split does not hold (the first few named), or that
+        names none."""
+        if self.label_fraction is not None and self.label_subset is not None:
+            raise ValueError("give one of data.label_fraction and data.label_subset, not both")
+        if self.label_fraction is not None:
+            return stratified_fraction(self.labels("train"), self.label_fraction, self.seed)
+        if self.label_subset is None:
+            return None
+        return _named_indices(self.label_subset, self.image_names("train"))
 
     # --- transforms --------------------------------------------------------------------------
     def view_recipes(self) -> list[Augmentation]:
@@ -236,9 +272,36 @@ class SSLDataModule(ResumableDataModule):
         return evaluation_loader(self.dataset(split, self.eval_transform()), batch_size, self.num_workers, indices)
 
     def knn_dataloaders(self, batch_size: int = 512) -> tuple[DataLoader, DataLoader]:
-        """Clean labelled train images (a kNN bank, cached linear features) and the test images:
-        :meth:`eval_dataloader` of both splits."""
-        return self.eval_dataloader("train", batch_size), self.eval_dataloader("test", batch_size)
+        """Clean labelled train images (a kNN bank, cached linear features: the
+        :meth:`labelled_indices`) and the test images: :meth:`eval_dataloader` of both splits."""
+        bank = self.eval_dataloader("train", batch_size, self.labelled_indices())
+        return bank, self.eval_dataloader("test", batch_size)
+
+
+def _named_indices(path: str, names: list[str]) -> Tensor:
+    """The ascending indices of the images a subset file at ``path`` lists (one per line, blank
+    lines ignored), each matched to ``names`` whole or by its file name where that is one image's."""
+    try:
+        wanted = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    except OSError as error:
+        raise FileNotFoundError(f"cannot read the label subset file {path} (data.label_subset): {error}") from None
+    by_file: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_file.setdefault(name.replace(os.sep, "/").rsplit("/", 1)[-1], []).append(i)
+    position = {file: found[0] for file, found in by_file.items() if len(found) == 1}
+    position.update({name: i for i, name in enumerate(names)})
+    unknown = [name for name in wanted if name not in position]
+    if unknown:
+        shared = [name for name in unknown if len(by_file.get(name, ())) > 1]
+        raise ValueError(
+            f"{len(unknown)} name(s) in {path} (data.label_subset) are not in the training split: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+            + (f" ({len(shared)} of them the file name of several images: give <class>/<file>)" if shared else "")
+            + "; list its file names or <class>/<file> paths, one per line"
+        )
+    if not wanted:
+        raise ValueError(f"{path} (data.label_subset) names no image")
+    return torch.tensor(sorted({position[name] for name in wanted}), dtype=torch.long)
 
 
 def _plain(value):
@@ -252,9 +315,10 @@ def _plain(value):
 
 class LinearEvaluationData(ResumableDataModule):
     """A datamodule's images through the linear-evaluation protocol (``spectral-ssl linear``):
-    augmented labelled train images (:meth:`SSLDataModule.linear_train_transform`; shuffled per
-    epoch, sharded under DDP, resumable) and the clean validation images
-    (:meth:`SSLDataModule.eval_dataloader`). ``batch_size``: per device (default: the dataset's)."""
+    augmented labelled train images (:meth:`SSLDataModule.linear_train_transform`; those of
+    :meth:`SSLDataModule.labelled_indices`; shuffled per epoch, sharded under DDP, resumable) and
+    the clean validation images (:meth:`SSLDataModule.eval_dataloader`). ``batch_size``: per device
+    (default: the dataset's)."""
 
     def __init__(self, data: SSLDataModule, batch_size: int | None = None) -> None:
         super().__init__()
@@ -272,6 +336,9 @@ class LinearEvaluationData(ResumableDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         dataset = self.data.dataset("train", self.data.linear_train_transform())
+        indices = self.data.labelled_indices()
+        if indices is not None:
+            dataset = _Subset(dataset, indices)
         return self._training_loader(dataset, self.batch_size, self.data.num_workers, self.data.seed, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -311,3 +378,18 @@ class _Indices(Dataset):
     def __getitem__(self, key):
         index = key[0] if isinstance(key, tuple) else key
         return index, int(self.labels[index])
+
+
+class _Subset(Dataset):
+    """The images of ``dataset`` at ``indices``, indexed by ``i`` or ``(i, seed)`` as the dataset is."""
+
+    def __init__(self, dataset: Dataset, indices: Tensor) -> None:
+        self.dataset, self.indices = dataset, indices.tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self.dataset[(self.indices[key[0]], *key[1:])]
+        return self.dataset[self.indices[key]]

@@ -20,26 +20,24 @@ class DigitsDataModule(TensorSetDataModule):
     fixed, stratified, seeded split holds out ``test_size`` images (360 by default). Images are
     scaled from 0..16 to uint8, upsampled to ``image_size`` (bilinear) and repeated to 3 channels,
     so every backbone sees ordinary RGB tensors.
+
+    ``num_workers`` is 0 by default: 1,797 tiny images in memory, where a worker process costs
+    more than it saves. Its other options (batch size, views, seed, labelled subset) are
+    :class:`~.base.SSLDataModule`'s.
     """
 
     def __init__(
         self,
-        batch_size: int = 256,
         num_workers: int = 0,
         test_size: int = 360,
         image_size: int = 16,
-        num_views: int = 2,
         augment: Augmentation | list[Augmentation] | None = None,
-        seed: int = 0,
-        augment_on_device: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(
-            batch_size=batch_size,
             num_workers=num_workers,
-            num_views=num_views,
             augment=augment or DIGITS_AUGMENTATION,
-            seed=seed,
-            augment_on_device=augment_on_device,
+            **kwargs,
         )
         self.test_size, self.image_size = test_size, image_size
         self.num_classes = 10

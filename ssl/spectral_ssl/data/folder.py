@@ -148,6 +148,8 @@ class ImageFolderDataModule(SSLDataModule):
     workers, a JPEG is decoded at a reduced size (libjpeg's DCT scaling) when every crop of it
     still holds twice its output size (False: always whole, as the official INTL code and
     solo-learn decode it; the crop is then exactly torchvision's).
+
+    Its other options (batch size, workers, views, seed, labelled subset) are :class:`~.base.SSLDataModule`'s.
     """
 
     def __init__(
@@ -162,21 +164,13 @@ class ImageFolderDataModule(SSLDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_corrupt: OnCorrupt = "skip",
-        batch_size: int = 256,
-        num_workers: int = 8,
-        num_views: int = 2,
-        seed: int = 0,
-        augment_on_device: bool = False,
         index_cache: str | None = None,
         reduced_decode: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            num_views=num_views,
             augment=augment or IMAGENET_AUGMENTATION,
-            seed=seed,
-            augment_on_device=augment_on_device,
+            **kwargs,
         )
         self.root, self.train_dir, self.val_dir, self.classes = Path(root), train_dir, val_dir, classes
         self.reduced_decode = reduced_decode
@@ -193,6 +187,11 @@ class ImageFolderDataModule(SSLDataModule):
     def labels(self, split: Split) -> torch.Tensor:
         self.setup()
         return torch.from_numpy(self.samples["train" if split == "pretrain" else split].labels.astype("int64"))
+
+    def image_names(self, split: Split) -> list[str]:
+        """The images' paths relative to the split's folder (``<class>/<file>``), in dataset order."""
+        self.setup()
+        return self.samples["train" if split == "pretrain" else split].relative_paths()
 
     def _scan(self, name: str) -> ImageIndex:
         folder = self.root / name

@@ -48,6 +48,11 @@ class ImageIndex:
         relative = self.names[start : int(self.ends[i])].tobytes().decode()
         return os.path.join(self.folder, relative), int(self.labels[i])
 
+    def relative_paths(self) -> list[str]:
+        """Every image's path relative to ``folder`` (``<class>/<file>``), in order."""
+        names, ends = self.names.tobytes(), self.ends.tolist()
+        return [names[start:end].decode() for start, end in zip([0, *ends[:-1]], ends)]
+
     @property
     def nbytes(self) -> int:
         """Host memory the index holds (its three arrays)."""

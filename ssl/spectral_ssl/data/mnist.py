@@ -95,6 +95,8 @@ class MNISTDataModule(TensorSetDataModule):
     saturation or hue) and grayscale is the identity, so the recipe's jitter is brightness and
     contrast ``(0.4, 0.4, 0, 0)``, its crops from 0.2 of the area (a 0.08 crop of 28 px is 8 px)
     and no blur. Normalised with the training pixels' mean and std (Fashion-MNIST: 0.286, 0.353).
+
+    Its other options (batch size, workers, views, seed, labelled subset) are :class:`~.base.SSLDataModule`'s.
     """
 
     def __init__(
@@ -102,19 +104,11 @@ class MNISTDataModule(TensorSetDataModule):
         root: str = "data",
         variant: Variant = "fashion_mnist",
         augment: Augmentation | list[Augmentation] | None = None,
-        batch_size: int = 256,
-        num_workers: int = 0,
-        num_views: int = 2,
-        seed: int = 0,
-        augment_on_device: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            num_views=num_views,
             augment=augment or MNIST_AUGMENTATION,
-            seed=seed,
-            augment_on_device=augment_on_device,
+            **kwargs,
         )
         if variant not in CLASSES:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(CLASSES)}")

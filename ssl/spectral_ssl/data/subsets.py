@@ -35,3 +35,21 @@ def balanced_subset(labels: Tensor, size: int | None, seed: int = 0) -> Tensor:
     if size < 1:
         raise ValueError(f"a subset needs at least one image, not {size}")
     return torch.sort(balanced_order(labels, seed)[:size]).values
+
+
+def stratified_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Sorted indices of ``fraction`` of the images of every class: round(``fraction`` x n_c) of
+    class c's n_c images (at least one), so exactly k per class where the fraction divides the
+    class, the classes' proportions kept where it does not. Seeded: the same images for the
+    same ``seed``, and a smaller fraction's images are among a larger one's (the first of the
+    same per-class order). ValueError outside 0 < ``fraction`` <= 1."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a label fraction is in (0, 1], not {fraction}")
+    labels = torch.as_tensor(labels).long()
+    permutation = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    by_class = permutation[torch.sort(labels[permutation], stable=True).indices]  # grouped, permuted inside
+    grouped = labels[by_class]
+    counts = torch.bincount(grouped)
+    rank_in_class = torch.arange(len(grouped)) - (counts.cumsum(0) - counts)[grouped]
+    keep = torch.floor(counts.double() * fraction + 0.5).long().clamp(min=1)
+    return torch.sort(by_class[rank_in_class < keep[grouped]]).values

@@ -134,6 +134,8 @@ class CIFARDataModule(TensorSetDataModule):
     ``eval_std``: other statistics for the clean evaluation images (monitors, kNN, linear): the
     official INTL evaluation normalizes both CIFARs with CIFAR-10's, std rounded to
     (0.247, 0.243, 0.261), as its CIFAR configs do.
+
+    Its other options (batch size, workers, views, seed, labelled subset) are :class:`~.base.SSLDataModule`'s.
     """
 
     STATS = {
@@ -147,21 +149,13 @@ class CIFARDataModule(TensorSetDataModule):
         num_classes: int = 10,
         download: bool = False,
         augment: Augmentation | list[Augmentation] | None = None,
-        batch_size: int = 256,
-        num_workers: int = 4,
-        num_views: int = 2,
-        seed: int = 0,
-        augment_on_device: bool = False,
         eval_mean: tuple[float, float, float] | None = None,
         eval_std: tuple[float, float, float] | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            num_views=num_views,
             augment=augment or CIFAR_AUGMENTATION,
-            seed=seed,
-            augment_on_device=augment_on_device,
+            **kwargs,
         )
         self.eval_mean, self.eval_std = eval_mean, eval_std
         if num_classes not in self.STATS:
@@ -205,6 +199,8 @@ class STL10DataModule(TensorSetDataModule):
     ``unlabeled_X.bin``: 96x96 images, 10 classes, 5,000 labelled train, 8,000 test and 100,000
     unlabeled images. Pretraining uses train + unlabeled (memory-mapped, not read into RAM);
     ``image_size`` is the crop size of the views and of evaluation (96 by default).
+
+    Its other options (batch size, workers, views, seed, labelled subset) are :class:`~.base.SSLDataModule`'s.
     """
 
     def __init__(
@@ -213,24 +209,16 @@ class STL10DataModule(TensorSetDataModule):
         download: bool = False,
         image_size: int = 96,
         augment: Augmentation | list[Augmentation] | None = None,
-        batch_size: int = 256,
-        num_workers: int = 4,
-        num_views: int = 2,
-        seed: int = 0,
         use_unlabeled: bool = True,
-        augment_on_device: bool = False,
+        **kwargs,
     ) -> None:
         augment = augment or [
             Augmentation(size=image_size, blur_p=1.0),
             Augmentation(size=image_size, blur_p=0.1, solarize_p=0.2),
         ]
         super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            num_views=num_views,
             augment=augment,
-            seed=seed,
-            augment_on_device=augment_on_device,
+            **kwargs,
         )
         self.root, self.download, self.image_size, self.use_unlabeled = Path(root), download, image_size, use_unlabeled
         self.num_classes = 10

@@ -1,8 +1,9 @@
 """Linear evaluation: fast, on cached features (:func:`linear_probe`, the quick number), and the
-ImageNet protocol (:class:`LinearClassifier`, the reportable one)."""
+ImageNet protocol (:class:`LinearClassifier`, the reportable one), which also fine-tunes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checkpoints import load_encoder
+from ..checkpoints import backbone_weights, load_encoder
 from ..distributed import all_reduce, world_size
+from ..models import BackboneConfig
 from ..optim import scaled_lr
 
 ProbeSchedule = Literal["cosine", "exponential"]
+ClassifierSchedule = Literal["step", "cosine"]
 ProbeInit = Literal["normal", "default"]
 
 
@@ -229,18 +232,27 @@ def _linear_probe_streamed(
 
 
 class LinearClassifier(L.LightningModule):
-    """Linear evaluation, the ImageNet protocol: a frozen backbone (always in eval mode, so its
-    BatchNorm statistics never change; no gradient reaches it) and a linear classifier
-    (weights N(0, 0.01), bias 0) trained with SGD (momentum 0.9, no weight decay by default) on
-    RandomResizedCrop + flip views, lr scaled by global batch / 256 and divided by 10 at each of
-    ``milestones`` (epochs); top-1 and top-5 on the clean validation images.
+    """A linear classifier on a pretrained backbone: linear evaluation, the ImageNet protocol
+    (``backbone_lr=None``, the default), or fine-tuning (``backbone_lr``: a base lr).
+
+    Linear evaluation: the backbone is frozen, always in eval mode (its BatchNorm statistics never
+    change; no gradient reaches it). Fine-tuning: backbone and classifier train together, the
+    backbone in train mode (BatchNorm statistics updated, as the official INTL / Barlow Twins
+    ``evaluate.py --weights finetune`` does), with its own lr. The classifier (weights N(0, 0.01),
+    bias 0) and the backbone are trained with SGD (momentum 0.9, no weight decay by default) on
+    RandomResizedCrop + flip views, each lr scaled by global batch / 256; ``schedule``: ``step``
+    divides both by 10 at each of ``milestones`` (epochs), ``cosine`` multiplies them by
+    0.5 (1 + cos(pi e / E)) at epoch e of E (the official ``--schedule cos``). Top-1 and top-5
+    are torchmetrics' counts over the whole validation set and every process.
 
     ``checkpoint``: a pretraining checkpoint (``.ckpt``) or an exported backbone
-    (``backbone.safetensors`` / ``backbone.pth``); the ``linear`` command also takes it as its
-    positional argument, hence optional here (None: a ValueError). ``num_classes``: taken from
-    the datamodule when left out. ``batch_size``: per device, for the lr scaling (the command
-    links ``data.batch_size``; None: the datamodule's). Top-1 and top-5 are torchmetrics' counts over the whole
-    validation set and every process.
+    (``backbone.safetensors`` / ``backbone.pth``); the ``linear`` and ``finetune`` commands also
+    take it as their positional argument. ``backbone``: the architecture of a weights file that
+    names none, given as ``backbone.weights`` instead of a checkpoint (a torchvision or timm
+    state_dict: ``--model.backbone.name=resnet50 --model.backbone.weights=resnet50.pth``); unread
+    when there is a checkpoint. Neither: a ValueError. ``num_classes``: taken from the datamodule
+    when left out. ``batch_size``: per device, for the lr scaling (the commands link
+    ``data.batch_size``; None: the datamodule's).
     """
 
     def __init__(
@@ -252,16 +264,34 @@ class LinearClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         milestones: Sequence[int] = (60, 80),
         batch_size: int | None = None,
+        backbone_lr: float | None = None,
+        schedule: ClassifierSchedule = "step",
+        backbone: BackboneConfig = BackboneConfig(),
     ) -> None:
         super().__init__()
-        if checkpoint is None:
-            raise ValueError("LinearClassifier needs the checkpoint to evaluate (checkpoint=PATH)")
-        self.save_hyperparameters()
-        self.backbone, _ = load_encoder(checkpoint)
-        self.backbone.requires_grad_(False).eval()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.hparams.backbone = dataclasses.asdict(backbone)
+        if not (checkpoint or backbone.weights):
+            raise ValueError(
+                "LinearClassifier needs the checkpoint to evaluate (checkpoint=PATH), or a weights file and "
+                "its architecture (backbone.weights=PATH, backbone.name=...)"
+            )
+        with torch.random.fork_rng(devices=[]):  # the classifier's draws never depend on how the backbone is built
+            if checkpoint:
+                self.backbone, _ = load_encoder(checkpoint)
+            else:
+                self.backbone = backbone.build()
+                backbone_weights(backbone.weights, self.backbone)
+        self.backbone.requires_grad_(self.finetunes)
+        self.backbone.train(self.finetunes)
         self.classifier: nn.Linear | None = None
         if num_classes:
             self._build_classifier(num_classes)
+
+    @property
+    def finetunes(self) -> bool:
+        """Whether the backbone trains too (``backbone_lr`` given) or is frozen."""
+        return self.hparams.backbone_lr is not None
 
     def _build_classifier(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
@@ -278,11 +308,12 @@ class LinearClassifier(L.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.backbone.eval()  # frozen: never update BatchNorm statistics
+        if not self.finetunes:
+            self.backbone.eval()  # frozen: never update BatchNorm statistics
         return self
 
     def forward(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.finetunes and torch.is_grad_enabled()):
             features = self.backbone(images)
         return self.classifier(features.float())
 
@@ -303,21 +334,31 @@ class LinearClassifier(L.LightningModule):
         self.log("linear/top5", self.top5)
 
     def configure_optimizers(self):
+        hparams = self.hparams
+
+        def lr(base: float) -> float:
+            return scaled_lr(base, self.trainer, hparams.get("batch_size"))
+
+        groups = [{"params": list(self.classifier.parameters()), "lr": lr(hparams.lr)}]
+        if self.finetunes:
+            groups.append({"params": list(self.backbone.parameters()), "lr": lr(hparams.backbone_lr)})
         optimizer = torch.optim.SGD(
-            self.classifier.parameters(),
-            lr=scaled_lr(self.hparams.lr, self.trainer, self.hparams.get("batch_size")),
-            momentum=self.hparams.momentum,
-            weight_decay=self.hparams.weight_decay,
+            groups, lr=groups[0]["lr"], momentum=hparams.momentum, weight_decay=hparams.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.hparams.milestones), gamma=0.1)
+        if hparams.get("schedule", "step") == "cosine":
+            epochs = self.trainer.max_epochs
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
+            )
+        else:
+            schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hparams.milestones), gamma=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
-    def state_dict(self, *args, **kwargs):  # the frozen backbone is the input file's: save the classifier alone
-        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("backbone.")}
+    def state_dict(self, *args, **kwargs):  # a frozen backbone is the input file's: save the classifier alone
+        state = super().state_dict(*args, **kwargs)
+        return state if self.finetunes else {k: v for k, v in state.items() if not k.startswith("backbone.")}
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        return super().load_state_dict(
-            {**{f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}, **state_dict},
-            strict=strict,
-            **kwargs,
-        )
+        if not self.finetunes:
+            state_dict = {**{f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)

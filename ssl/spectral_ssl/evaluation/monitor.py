@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..data.subsets import balanced_subset
 from ..distributed import total_over_ranks, world_size
 from ..spectral import full_precision
+from .embedding import MapMethod, publish_embedding_map
 from .features import apply_in_batches, extract_features, extract_shard
 from .knn import PROTOCOLS, knn_accuracy
 from .spectrum import covariance_spectrum, publish_spectra, spectrum_summary
@@ -280,12 +281,29 @@ class SpectrumMonitor(_HeldOutMonitor):
     TensorBoard when that is the logger. N images can show at most N - 1 directions: with
     fewer images than the embedding has dimensions, the cap is stated once at the start. The
     covariance and its eigendecomposition (float64, O(D^3): about 5.5e11 flops at D = 8192) run on
-    the training device."""
+    the training device.
 
-    def __init__(self, every_n_epochs: int = 5, max_images: int | None = 10_000, folder: str | None = None) -> None:
+    At the same epochs, ``embedding_map`` (None: off) draws the backbone features of
+    ``embedding_images`` of those images (at most ``max_images``; a class-balanced subset) as a 2-D
+    map coloured by class (:func:`~.embedding.embedding_map`: t-SNE by default), as ``embedding_map.png`` + ``.csv``
+    beside the spectrum's files and the figure ``embedding_map`` in TensorBoard; on the first
+    process, on the CPU (t-SNE of 2,000 images: about 4 s on 2 cores). ``spectral-ssl embedding``
+    draws it for a checkpoint, with TensorBoard's embedding projector."""
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        max_images: int | None = 10_000,
+        folder: str | None = None,
+        embedding_map: MapMethod | None = "tsne",
+        embedding_images: int = 2000,
+    ) -> None:
         super().__init__()
         _check_budget("spectrum.max_images", max_images)
+        _check_budget("spectrum.embedding_images", embedding_images)
         self.every_n_epochs, self.max_images, self.folder = every_n_epochs, max_images, folder
+        self.embedding_map = embedding_map
+        self.embedding_images = embedding_images if max_images is None else min(embedding_images, max_images)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0:
@@ -293,6 +311,8 @@ class SpectrumMonitor(_HeldOutMonitor):
         _require(trainer.datamodule, ("eval_dataloader", "labels"), "SpectrumMonitor")
         representation = _representation(pl_module, "SpectrumMonitor", ("backbone", "projector"))
         self.held_out.request("spectrum", self.max_images)
+        if self.embedding_map:
+            self.held_out.request("embedding_map", self.embedding_images)
         available = len(trainer.datamodule.labels("test"))
         images = available if self.max_images is None else min(self.max_images, available)
         widths = [representation.backbone.feature_dim, getattr(representation.projector, "out_dim", 0)]
@@ -322,6 +342,30 @@ class SpectrumMonitor(_HeldOutMonitor):
                 experiment=getattr(trainer.logger, "experiment", None),
                 out_dir=Path(self.folder) / f"epoch={epoch}" if self.folder else None,
             )
+        if self.embedding_map:
+            self.draw_embedding_map(trainer, pl_module)
+
+    def draw_embedding_map(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The embedding map of this epoch (every process extracts its part; the first draws)."""
+        features, labels = self.held_out.get(trainer, pl_module.backbone, pl_module.device, self.embedding_images)
+        if not trainer.is_global_zero:
+            return
+        epoch, datamodule = trainer.current_epoch, trainer.datamodule
+        positions = HeldOutFeatures._positions(datamodule, self.embedding_images)
+        run = f"{Path(self.folder).parent.name}: " if self.folder else ""
+        publish_embedding_map(
+            features,
+            labels,
+            positions if len(positions) == len(features) else torch.arange(len(features)),
+            method=self.embedding_map,
+            seed=getattr(datamodule, "seed", 0),
+            title=f"{run}epoch {epoch + 1}, step {trainer.global_step}, {len(features):,} images, {self.embedding_map}",
+            step=trainer.global_step,
+            class_names=getattr(datamodule, "class_names", ()),
+            experiment=getattr(trainer.logger, "experiment", None),
+            out_dir=Path(self.folder) / f"epoch={epoch}" if self.folder else None,
+            projector=False,
+        )
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[dict, dict, int]:
         """(spectra, summaries, images): the eigenvalues (descending, on the CPU) and
