@@ -181,6 +181,15 @@ def build_from_metadata(metadata: Mapping) -> nn.Module:
         ) from error
 
 
+def load_safetensors(path: Path, fix: str = "") -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a damaged or foreign file is a ValueError naming it (and
+    ``fix``, how to mend it, when given)."""
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' own error type: a damaged or foreign file
+        raise ValueError(f"{path} is not a readable safetensors file ({error}){'; ' + fix if fix else ''}") from error
+
+
 def read_backbone_metadata(path: str | Path) -> dict:
     """The description ``spectral-ssl export`` wrote for an exported backbone: in the header of
     ``backbone.safetensors``, or in the ``backbone.json`` beside ``backbone.pth``."""
@@ -215,12 +224,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     path = Path(path)
     metadata = read_backbone_metadata(path)
     if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except Exception as error:  # safetensors' own error type: a damaged or foreign file
-            raise ValueError(
-                f"{path} is not a readable safetensors file ({error}); export it again with spectral-ssl export"
-            ) from error
+        state = load_safetensors(path, fix="export it again with spectral-ssl export")
     else:
         state = load_tensors(path)
     model = build_from_metadata(metadata)
@@ -248,7 +252,7 @@ def backbone_weights(path: str | Path, backbone: nn.Module) -> None:
     if path.suffix == ".ckpt":
         state = submodule_state(read_pretraining_checkpoint(path), "backbone.")
     elif path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = load_safetensors(path)
     else:
         state = load_tensors(path)
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state

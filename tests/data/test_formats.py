@@ -287,6 +287,8 @@ def damaged_idx(folder, damage: str) -> None:
         (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(29, dtype=np.uint8))))
     elif damage == "missing":
         images.unlink()
+    elif damage == "gzip":
+        images.write_bytes(images.read_bytes()[:-40])  # a download cut short: the gzip stream ends early
 
 
 @pytest.mark.parametrize(
@@ -295,6 +297,7 @@ def damaged_idx(folder, damage: str) -> None:
         ("magic", r"train-images-idx3-ubyte.gz: magic number 2052, not 2051: not an IDX file of uint8 images"),
         ("truncated", r"train-images-idx3-ubyte.gz: truncated: 23420 data bytes for 30 x 28 x 28"),
         ("labels", r"train-images-idx3-ubyte.gz holds 30 images but .*train-labels-idx1-ubyte.gz 29 labels"),
+        ("gzip", r"train-images-idx3-ubyte.gz: not a readable gzip file \(.*\); download it again"),
         ("missing", r"fashion_mnist not found: no .*/FashionMNIST/raw/train-images-idx3-ubyte\[.gz\] or "
                     r".*/train-images-idx3-ubyte\[.gz\]. Expected the four IDX files"),
     ],

@@ -188,6 +188,10 @@ def test_pretraining_starts_from_given_weights_and_resumes_without_them(tmp_path
     with pytest.raises(SystemExit, match=r"error: .*resnet18.pth.*(missing|unexpected|shape)"):
         main(["pretrain", *tiny, *quiet, "--trainer.max_steps=1", weights, "--output_dir", str(tmp_path),
               "--run_name", "wrong"])  # fmt: skip
+    (tmp_path / "damaged.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SystemExit, match=r"error: .*damaged.safetensors is not a readable safetensors file"):
+        main(["pretrain", *tiny, *quiet, "--trainer.max_steps=1", "--output_dir", str(tmp_path), "--run_name",
+              "damaged", f"--model.backbone.weights={tmp_path / 'damaged.safetensors'}"])  # fmt: skip
     (tmp_path / "export" / "backbone.safetensors").unlink()
     resumed = main(["pretrain", *tiny, *quiet, "--trainer.max_steps=2", "--model.optimizer.lr=0", "--output_dir",
                     str(tmp_path), "--run_name", "from-backbone.safetensors",

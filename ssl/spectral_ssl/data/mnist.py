@@ -10,6 +10,7 @@ file.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -61,9 +62,13 @@ class IDXError(ValueError):
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
     """The uint8 array of the IDX file ``path`` (``.gz``: gzipped), whose magic number must be
     ``magic`` (2051: images (N, H, W); 2049: labels (N,)). Raises :class:`IDXError` naming the file
-    for another magic number, a header or data shorter than it declares, or bytes after the data."""
+    for a damaged gzip stream, another magic number, a header or data shorter than it declares, or
+    bytes after the data."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:  # gzip's BadGzipFile is an OSError
+        raise IDXError(f"{path}: not a readable gzip file ({error}); download it again") from error
     dims = magic & 0xFF
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None

@@ -16,6 +16,8 @@ Affine parameters are stored as (C,) vectors, so the ``p.ndim <= 1`` rule of
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,9 +33,15 @@ def is_norm(module: nn.Module) -> bool:
     RMSNorm, InstanceNorm) and every type the norm registry builds
     (:data:`spectral_ssl.models.factory.NORM_REGISTRY`: PLN, LN-G, IterNorm...), by type, not by
     tensor shape."""
+    return isinstance(module, _norm_types())
+
+
+@functools.cache
+def _norm_types() -> tuple[type, ...]:
+    """:data:`TORCH_NORMS` and the registry's types, gathered once (the registry imports this module)."""
     from .factory import NORM_REGISTRY
 
-    return isinstance(module, TORCH_NORMS + tuple(t for spec in NORM_REGISTRY.values() for t in spec.types))
+    return TORCH_NORMS + tuple(t for spec in NORM_REGISTRY.values() for t in spec.types)
 
 
 class _ChannelAffine(nn.Module):
