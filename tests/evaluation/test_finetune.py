@@ -162,3 +162,32 @@ def test_finetune_configs_run(checkpoint, tmp_path, name):
                 "--trainer.accelerator=cpu", "--trainer.max_steps=1", "--output_dir", str(tmp_path),
                 *FAST_RUN])  # fmt: skip
     assert cli.trainer.global_step == 1 and 0 <= cli.metrics["linear/top1"] <= 1
+
+
+def test_the_cosine_gives_each_group_its_closed_form_lr_every_epoch(checkpoint):
+    """``schedule="cosine"``: at epoch e of E each group's lr is base x batch / 256 x
+    0.5 (1 + cos(pi e / E)) (the official ``adjust_learning_rate``), the classifier's and the
+    backbone's, read from the optimizer as each epoch starts."""
+    import math
+
+    import lightning as L
+
+    from spectral_ssl.data import LinearEvaluationData
+    from spectral_ssl.evaluation import LinearClassifier
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+    model = LinearClassifier(str(checkpoint), lr=0.5, backbone_lr=0.1, schedule="cosine", batch_size=32)
+    data = LinearEvaluationData(DigitsDataModule(label_fraction=0.1, batch_size=32))
+    trainer = L.Trainer(max_epochs=4, callbacks=[Record()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    expected = [[base * 32 / 256 * 0.5 * (1 + math.cos(math.pi * e / 4)) for base in (0.5, 0.1)] for e in range(4)]
+    assert len(seen) == 4
+    for got, want in zip(seen, expected):
+        assert got == pytest.approx(want, rel=1e-12)
